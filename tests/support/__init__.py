@@ -1,0 +1,1 @@
+"""Helpers for fault-injection tests: throwaway PostgreSQL, PgBouncer and server processes."""
