@@ -1,0 +1,127 @@
+"""The health verdict and its report in the IETF health check format (application/health+json).
+
+`assess` is pure: the same snapshot and clock always give the same verdict, which keeps the rules
+testable without a database. See draft-inadarei-api-health-check for the format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from service.config import Settings
+from service.health.checker import Snapshot
+
+MEDIA_TYPE = "application/health+json"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # pass | warn | fail
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def http_status(self) -> int:
+        return 503 if self.status == "fail" else 200
+
+
+def assess(snapshot: Snapshot | None, now: float, head: str | None, settings: Settings) -> Verdict:
+    """Judge readiness from the checker's snapshot at monotonic time `now`.
+
+    fail: no answer from the database for HEALTH_STALE_AFTER_S, or the schema is not at head.
+    warn: it answers, but the last check failed (tolerated until stale), it is slower than
+    HEALTH_WARN_LATENCY_MS, or the pool is nearly exhausted.
+    """
+    if snapshot is None:
+        return Verdict("fail", ("starting",))
+    latest, answer = snapshot.latest, snapshot.last_answer
+    if answer is None or now - answer.monotonic_at > settings.health_stale_after_s:
+        return Verdict("fail", (latest.failure or "stale",))
+    if answer.revision != head:
+        return Verdict("fail", ("schema_outdated" if answer.revision else "schema_missing",))
+    reasons = []
+    if not latest.answered:
+        reasons.append(latest.failure or "database_unavailable")
+    elif latest.latency_ms is not None and latest.latency_ms > settings.health_warn_latency_ms:
+        reasons.append("slow")
+    if _pool_ratio(snapshot) >= settings.health_warn_pool_ratio:
+        reasons.append("pool_nearly_exhausted")
+    return Verdict("warn" if reasons else "pass", tuple(reasons))
+
+
+def health_document(
+    snapshot: Snapshot | None,
+    verdict: Verdict,
+    head: str | None,
+    settings: Settings,
+    *,
+    version: str,
+    include_output: bool,
+) -> dict[str, Any]:
+    """The full report. Anonymous callers get statuses, values and times; never error text."""
+    component = "postgresql" if settings.is_postgresql else "sqlite"
+    document: dict[str, Any] = {
+        "status": verdict.status,
+        "version": version.split(".")[0],
+        "releaseId": settings.release_id,
+        "serviceId": settings.service_id,
+        "description": "database layer service",
+    }
+    if verdict.reasons:
+        document["notes"] = list(verdict.reasons)
+    if snapshot is None:
+        return document
+    latest, answer = snapshot.latest, snapshot.last_answer
+    observed = _iso(latest.observed_at)
+    response_time: dict[str, Any] = {
+        "componentType": "datastore",
+        "observedValue": latest.latency_ms,
+        "observedUnit": "ms",
+        "status": _response_time_status(verdict, latest.answered, latest.latency_ms, settings),
+        "time": observed,
+    }
+    if include_output and latest.detail:
+        response_time["output"] = latest.detail
+    ratio = _pool_ratio(snapshot)
+    connections = {
+        "componentType": "datastore",
+        "observedValue": latest.pool_in_use,
+        "observedUnit": "connections",
+        "poolSize": latest.pool_capacity,
+        "status": "warn" if ratio >= settings.health_warn_pool_ratio else "pass",
+        "time": observed,
+    }
+    current = answer.revision if answer else None
+    migrations = {
+        "componentType": "datastore",
+        "observedValue": current,
+        "head": head,
+        "status": "pass" if answer is not None and current == head else "fail",
+        "time": _iso(answer.observed_at) if answer else observed,
+    }
+    document["checks"] = {
+        f"{component}:responseTime": [response_time],
+        f"{component}:connections": [connections],
+        "migrations:revision": [migrations],
+    }
+    return document
+
+
+def _response_time_status(
+    verdict: Verdict, answered: bool, latency_ms: float | None, settings: Settings
+) -> str:
+    if verdict.status == "fail" and not answered:
+        return "fail"
+    if not answered or (latency_ms or 0) > settings.health_warn_latency_ms:
+        return "warn"
+    return "pass"
+
+
+def _pool_ratio(snapshot: Snapshot) -> float:
+    capacity = snapshot.latest.pool_capacity
+    return snapshot.latest.pool_in_use / capacity if capacity else 0.0
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
