@@ -174,9 +174,11 @@ def parse_database_url(name: str, raw: str) -> URL:
     """
     try:
         url = make_url(raw)
-        url.port  # noqa: B018 - a non-numeric port only fails when read
+        port = url.port  # a non-numeric port only fails when read
     except Exception:  # noqa: BLE001 - any parse failure is the same user error
         raise ConfigError(f"{name}: not a valid database URL") from None
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{name}: port {port} is out of range")
     backend, _, driver = url.drivername.partition("+")
     if backend in ("postgres", "postgresql"):
         if driver not in ("", "psycopg2"):
