@@ -86,6 +86,8 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from service.dbcheck import bp as db_blueprint
+    from service.openapi import bp as openapi_blueprint
 
     app.register_blueprint(health.bp)
     app.register_blueprint(db_blueprint)
+    app.register_blueprint(openapi_blueprint)

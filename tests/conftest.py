@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from service import create_app
 from service.extensions import db
+from tests.openapi import ConformingClient
 from tests.support.pgcluster import TemporaryCluster
 from tests.support.processes import ServerProcess, free_port
 
@@ -155,6 +156,7 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
     def build(**settings: str) -> Flask:
         config = {"APP_ENV": "test", "DATABASE_URL": database_url, **FAST_HEALTH, **settings}
         app = create_app(config)
+        app.test_client_class = ConformingClient
         apps.append((app, config["DATABASE_URL"] == database_url))
         return app
 
