@@ -52,7 +52,7 @@ class Settings:
     health_warn_pool_ratio: float
     ops_token: str | None = field(repr=False)
     service_id: str
-    release_id: str
+    release_id: str | None  # None: the package version
     log_level: str
     log_format: str
 
@@ -161,7 +161,7 @@ def load_settings(
         health_warn_pool_ratio=source.number("HEALTH_WARN_POOL_RATIO", 0.9, maximum=1.0),
         ops_token=ops_token,
         service_id=source.text("SERVICE_ID") or "db-service",
-        release_id=source.text("RELEASE_ID") or "dev",
+        release_id=source.text("RELEASE_ID"),
         log_level=source.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         log_format=source.choice("LOG_FORMAT", LOG_FORMATS, default_log_format),
     )

@@ -64,7 +64,7 @@ def health_document(
     document: dict[str, Any] = {
         "status": verdict.status,
         "version": version.split(".")[0],
-        "releaseId": settings.release_id,
+        "releaseId": settings.release_id or version,
         "serviceId": settings.service_id,
         "description": "database layer service",
     }
