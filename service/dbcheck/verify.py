@@ -17,19 +17,22 @@ from sqlalchemy.orm import Session
 from service.models import Verification
 from service.schema import AUTH_TABLES
 
+# Whether alembic_version exists is asked first: selecting from a missing table would fail the
+# whole query, and an unmigrated database must answer schema_outdated, not a generic error.
 POSTGRESQL_FACTS = text(
     "SELECT current_setting('server_version'), current_database(),"
-    " (SELECT version_num FROM alembic_version),"
+    " to_regclass('public.alembic_version') IS NOT NULL,"
     " to_regclass('public.\"user\"') IS NOT NULL, to_regclass('public.session') IS NOT NULL,"
     " to_regclass('public.account') IS NOT NULL, to_regclass('public.verification') IS NOT NULL"
 )
 SQLITE_FACTS = text(
-    "SELECT sqlite_version(), 'main', (SELECT version_num FROM alembic_version),"
+    "SELECT sqlite_version(), 'main', "
     + ", ".join(
         f"EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{table}')"
-        for table in AUTH_TABLES
+        for table in ("alembic_version", *AUTH_TABLES)
     )
 )
+REVISION = text("SELECT version_num FROM alembic_version")
 
 
 class SchemaOutdated(Exception):
@@ -46,7 +49,8 @@ def verify_database(session: Session, head: str | None) -> dict[str, Any]:
     facts = POSTGRESQL_FACTS if session.get_bind().dialect.name == "postgresql" else SQLITE_FACTS
     row = session.execute(facts).one()
     round_trip_ms = _elapsed_ms(started)
-    server_version, database, revision, *present = row
+    server_version, database, versioned, *present = row
+    revision = session.scalar(REVISION) if versioned else None
     tables = dict(zip(AUTH_TABLES, (bool(flag) for flag in present), strict=True))
     migrations = {"current": revision, "head": head}
     if revision != head or not all(tables.values()):
