@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -173,10 +174,12 @@ def test_db_test_reports_the_database_and_leaves_no_row(
     assert leftovers == [(0,)]
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_unmigrated_database_is_schema_outdated_and_fails_health(
-    make_app: AppFactory, databases: DatabaseFactory
+    make_app: AppFactory, databases: DatabaseFactory, tmp_path: Path, backend: str
 ) -> None:
-    client = make_app(DATABASE_URL=databases.create()).test_client()
+    url = databases.create() if backend == "postgresql" else f"sqlite:///{tmp_path}/empty.db"
+    client = make_app(DATABASE_URL=url).test_client()
     response = client.get("/api/db/test")
     assert response.status_code == 503
     body = body_json(response)
@@ -219,6 +222,21 @@ def test_other_revision_is_schema_outdated(
     assert document["notes"] == ["schema_outdated"]
     (migrations,) = document["checks"]["migrations:revision"]
     assert (migrations["observedValue"], migrations["status"]) == ("0000_other", "fail")
+
+
+def test_a_database_we_may_not_read_is_an_error_not_a_missing_schema(
+    make_app: AppFactory, database_url: str
+) -> None:
+    """Permission denied on alembic_version: the database answers but is unusable to us."""
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    query(database_url, f"CREATE ROLE {role} LOGIN")
+    try:
+        limited_url = database_url.replace("postgres@", f"{role}@", 1)
+        client = make_app(DATABASE_URL=limited_url).test_client()
+        ready = wait_for_response(client, "/api/health/ready", lambda r: r.status_code == 503)
+        assert body_json(ready) == {"status": "fail", "notes": ["database_error"]}
+    finally:
+        query(database_url, f"DROP ROLE {role}")
 
 
 # ------------------------------------------------------------------------------- production

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.database import PoolGauge, engine_options
@@ -69,11 +70,12 @@ class DatabaseProbe:
                     text("SELECT version_num FROM alembic_version")
                 ).scalar()
             answered = True
-        except ProgrammingError as error:  # it answered: no alembic_version table yet
-            answered, failure, detail = True, "schema_missing", self._describe(error)
         except (SQLAlchemyError, OSError) as error:
-            failure = database_error_code(error) or "database_unavailable"
             detail = self._describe(error)
+            if _is_missing_table(error):  # it answered: not migrated yet
+                answered, failure = True, "schema_missing"
+            else:  # unreachable, too slow, or unusable (a permission denied, say)
+                failure = database_error_code(error) or "database_error"
         finished = time.monotonic()
         return Observation(
             answered=answered,
@@ -119,6 +121,13 @@ class Snapshot:
     latest: Observation
     last_answer: Observation | None  # the latest observation in which the database answered
     generation: int
+
+
+def _is_missing_table(error: BaseException) -> bool:
+    original = getattr(error, "orig", None)
+    if getattr(original, "pgcode", None) == "42P01":  # PostgreSQL: undefined_table
+        return True
+    return isinstance(original, sqlite3.OperationalError) and "no such table" in str(original)
 
 
 class HealthChecker:
