@@ -23,8 +23,8 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from service.health.monitor import MEDIA_TYPE
-from service.schema import head_revision
-from tests.conftest import AppFactory, DatabaseFactory
+from service.schema import SchemaVersions, head_revision
+from tests.conftest import AppFactory, DatabaseFactory, migrate
 from tests.support.pgcluster import TemporaryCluster
 
 OPS_TOKEN = "ops-token-" + "7" * 24
@@ -201,27 +201,47 @@ def test_unmigrated_database_is_schema_outdated_and_fails_health(
     assert client.get("/api/health/live").status_code == 200  # never the database's fault
 
 
-def test_other_revision_is_schema_outdated(
-    make_app: AppFactory, databases: DatabaseFactory
+def test_code_newer_than_the_schema_is_schema_outdated(
+    make_app: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database left at another revision (a rollback, a newer deploy) is not at head."""
-    url = databases.create()
-    query(url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
-    query(url, "INSERT INTO alembic_version VALUES ('0000_other')")
-    client = make_app(DATABASE_URL=url).test_client()
+    """New code deployed before its migration ran: the database is behind, not ready."""
+    newer_code = SchemaVersions(head="0002_next", known=frozenset({"0001", "0002_next"}))
+    monkeypatch.setattr("service.health.monitor.schema_versions", lambda: newer_code)
+    monkeypatch.setattr("service.dbcheck.routes.schema_versions", lambda: newer_code)
+    client = make_app().test_client()
 
     response = client.get("/api/db/test")
     assert response.status_code == 503
     body = body_json(response)
     assert body["error"]["code"] == "schema_outdated"
-    assert body["migrations"] == {"current": "0000_other", "head": head_revision()}
+    assert body["migrations"] == {"current": head_revision(), "head": "0002_next"}
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
     assert health.status_code == 503
     document = body_json(health)
     assert document["notes"] == ["schema_outdated"]
     (migrations,) = document["checks"]["migrations:revision"]
-    assert (migrations["observedValue"], migrations["status"]) == ("0000_other", "fail")
+    assert (migrations["observedValue"], migrations["status"]) == (head_revision(), "fail")
+
+
+def test_a_schema_ahead_of_the_code_keeps_serving(
+    make_app: AppFactory, databases: DatabaseFactory
+) -> None:
+    """A newer release migrated the database: old replicas stay ready (warn) and working."""
+    url = databases.create()
+    migrate(url)
+    query(url, "UPDATE alembic_version SET version_num = '0002_newer'")
+    client = make_app(DATABASE_URL=url).test_client()
+
+    response = client.get("/api/db/test")
+    assert response.status_code == 200
+    assert body_json(response)["migrations"] == {"current": "0002_newer", "head": head_revision()}
+
+    health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
+    assert health.status_code == 200
+    assert body_json(health)["status"] == "warn"
+    assert body_json(health)["notes"] == ["schema_ahead"]
+    assert client.get("/api/health/ready").status_code == 200
 
 
 def test_a_database_we_may_not_read_is_an_error_not_a_missing_schema(

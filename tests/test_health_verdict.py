@@ -14,8 +14,10 @@ import pytest
 from service.config import Settings, load_settings
 from service.health.checker import Observation, Snapshot
 from service.health.report import MEDIA_TYPE, Verdict, assess, health_document
+from service.schema import SchemaVersions
 
 HEAD = "0001"
+SCHEMA = SchemaVersions(head=HEAD, known=frozenset({"0000_old", HEAD}))
 NOW = 1000.0  # monotonic "now" of every assessment below
 WALL = 1_790_000_000.0  # wall-clock time of the observations (2026-09-21T...Z)
 
@@ -79,34 +81,34 @@ def snapshot(latest: Observation, last_answer: Observation | None = None) -> Sna
 
 def test_no_snapshot_yet_is_fail_starting() -> None:
     """Before the first look a replica must not take traffic."""
-    verdict = assess(None, NOW, HEAD, SETTINGS)
+    verdict = assess(None, NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("starting",))
     assert verdict.http_status == 503
 
 
 def test_fresh_answer_at_head_passes() -> None:
-    verdict = assess(snapshot(observation()), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(observation()), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("pass", ())
     assert verdict.http_status == 200
 
 
 def test_one_failed_check_is_tolerated_as_warn() -> None:
     """A single lost check must not flip readiness: warn (200) until the answer is stale."""
-    verdict = assess(snapshot(failed(), last_answer=observation(age_s=1.0)), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(failed(), last_answer=observation(age_s=1.0)), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("warn", ("timeout",))
     assert verdict.http_status == 200
 
 
 def test_failed_check_without_failure_code_still_names_a_reason() -> None:
     latest = replace(failed(), failure=None)
-    verdict = assess(snapshot(latest, last_answer=observation(age_s=1.0)), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(latest, last_answer=observation(age_s=1.0)), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("warn", ("database_unavailable",))
 
 
 @pytest.mark.parametrize("failure", ["timeout", "database_unavailable"])
 def test_answer_older_than_stale_after_fails_with_the_latest_failure(failure: str) -> None:
     stale = observation(age_s=SETTINGS.health_stale_after_s + 0.01)
-    verdict = assess(snapshot(failed(failure=failure), last_answer=stale), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(failed(failure=failure), last_answer=stale), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", (failure,))
     assert verdict.http_status == 503
 
@@ -114,20 +116,20 @@ def test_answer_older_than_stale_after_fails_with_the_latest_failure(failure: st
 def test_staleness_boundary_is_exclusive() -> None:
     """Exactly HEALTH_STALE_AFTER_S old is still fresh; a moment later it is not."""
     at_limit = observation(age_s=SETTINGS.health_stale_after_s)
-    assert assess(snapshot(failed(), at_limit), NOW, HEAD, SETTINGS).status == "warn"
+    assert assess(snapshot(failed(), at_limit), NOW, SCHEMA, SETTINGS).status == "warn"
     beyond = observation(age_s=SETTINGS.health_stale_after_s + 0.001)
-    assert assess(snapshot(failed(), beyond), NOW, HEAD, SETTINGS).status == "fail"
+    assert assess(snapshot(failed(), beyond), NOW, SCHEMA, SETTINGS).status == "fail"
 
 
 def test_never_answered_fails() -> None:
-    verdict = assess(snapshot(failed(failure="database_unavailable")), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(failed(failure="database_unavailable")), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("database_unavailable",))
 
 
 def test_stale_without_a_failure_code_says_stale() -> None:
     """A checker that stopped observing (hung thread) must not keep reporting pass."""
     old = observation(age_s=SETTINGS.health_stale_after_s + 5)
-    verdict = assess(snapshot(old), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(old), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("stale",))
 
 
@@ -135,54 +137,69 @@ def test_stale_after_setting_is_honoured() -> None:
     relaxed = make_settings(HEALTH_STALE_AFTER_S="10")
     four_seconds_old = observation(age_s=4.0)
     latest = failed()
-    assert assess(snapshot(latest, four_seconds_old), NOW, HEAD, SETTINGS).status == "fail"
-    assert assess(snapshot(latest, four_seconds_old), NOW, HEAD, relaxed).status == "warn"
+    assert assess(snapshot(latest, four_seconds_old), NOW, SCHEMA, SETTINGS).status == "fail"
+    assert assess(snapshot(latest, four_seconds_old), NOW, SCHEMA, relaxed).status == "warn"
 
 
 def test_other_revision_fails_schema_outdated() -> None:
-    verdict = assess(snapshot(observation(revision="0000_old")), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(observation(revision="0000_old")), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("schema_outdated",))
 
 
 def test_no_revision_fails_schema_missing() -> None:
-    verdict = assess(snapshot(observation(revision=None)), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(observation(revision=None)), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("schema_missing",))
 
 
 def test_last_answer_schema_outdated_wins_over_a_tolerated_failure() -> None:
     outdated = observation(age_s=1.0, revision="0000_old")
-    verdict = assess(snapshot(failed(), last_answer=outdated), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(failed(), last_answer=outdated), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("fail", ("schema_outdated",))
 
 
 def test_slower_than_threshold_warns() -> None:
     limit = SETTINGS.health_warn_latency_ms
-    assert assess(snapshot(observation(latency_ms=limit)), NOW, HEAD, SETTINGS).status == "pass"
-    verdict = assess(snapshot(observation(latency_ms=limit + 0.1)), NOW, HEAD, SETTINGS)
+    assert assess(snapshot(observation(latency_ms=limit)), NOW, SCHEMA, SETTINGS).status == "pass"
+    verdict = assess(snapshot(observation(latency_ms=limit + 0.1)), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("warn", ("slow",))
     assert verdict.http_status == 200
 
 
 def test_latency_threshold_setting_is_honoured() -> None:
     strict = make_settings(HEALTH_WARN_LATENCY_MS="2")
-    assert assess(snapshot(observation(latency_ms=3.0)), NOW, HEAD, strict).status == "warn"
+    assert assess(snapshot(observation(latency_ms=3.0)), NOW, SCHEMA, strict).status == "warn"
 
 
 def test_pool_nearly_full_warns() -> None:
-    assert assess(snapshot(observation(pool_in_use=8)), NOW, HEAD, SETTINGS).status == "pass"
-    verdict = assess(snapshot(observation(pool_in_use=9)), NOW, HEAD, SETTINGS)
+    assert assess(snapshot(observation(pool_in_use=8)), NOW, SCHEMA, SETTINGS).status == "pass"
+    verdict = assess(snapshot(observation(pool_in_use=9)), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("warn", ("pool_nearly_exhausted",))
 
 
 def test_unpooled_app_never_warns_about_the_pool() -> None:
     """DB_POOL=null: no capacity, so no ratio (and no division by zero)."""
     latest = observation(pool_in_use=50, pool_capacity=None)
-    assert assess(snapshot(latest), NOW, HEAD, SETTINGS) == Verdict("pass", ())
+    assert assess(snapshot(latest), NOW, SCHEMA, SETTINGS) == Verdict("pass", ())
+
+
+def test_schema_ahead_of_the_code_warns_so_old_replicas_keep_serving() -> None:
+    """After a newer release migrated the database, the old replicas must stay in rotation."""
+    verdict = assess(snapshot(observation(revision="0002_newer")), NOW, SCHEMA, SETTINGS)
+    assert verdict == Verdict("warn", ("schema_ahead",))
+    body = document(snapshot(observation(revision="0002_newer")))
+    (migrations,) = body["checks"]["migrations:revision"]
+    assert (migrations["observedValue"], migrations["status"]) == ("0002_newer", "warn")
+
+
+def test_schema_states() -> None:
+    assert [SCHEMA.state(r) for r in (None, HEAD, "0000_old", "0002_newer")] == [
+        "missing", "current", "behind", "ahead",
+    ]  # fmt: skip
 
 
 def test_warn_reasons_accumulate() -> None:
     latest = observation(latency_ms=900.0, pool_in_use=10)
-    verdict = assess(snapshot(latest), NOW, HEAD, SETTINGS)
+    verdict = assess(snapshot(latest), NOW, SCHEMA, SETTINGS)
     assert verdict == Verdict("warn", ("slow", "pool_nearly_exhausted"))
 
 
@@ -192,9 +209,9 @@ def test_warn_reasons_accumulate() -> None:
 def document(
     snap: Snapshot | None, *, include_output: bool = False, settings: Settings = SETTINGS
 ) -> dict:
-    verdict = assess(snap, NOW, HEAD, settings)
+    verdict = assess(snap, NOW, SCHEMA, settings)
     return health_document(
-        snap, verdict, HEAD, settings, version="0.1.0", include_output=include_output
+        snap, verdict, SCHEMA, settings, version="0.1.0", include_output=include_output
     )
 
 

@@ -13,7 +13,7 @@ from service.dbcheck.verify import SchemaOutdated, verify_database
 from service.deadlines import deadline
 from service.errors import DATABASE_MESSAGES, database_error_code
 from service.extensions import db
-from service.schema import head_revision
+from service.schema import schema_versions
 from service.security import ops_only
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def database_test() -> Response | tuple[Response, int]:
     settings: Settings = current_app.config["SETTINGS"]
     try:
         with deadline(settings.db_deadline_s):
-            return jsonify(verify_database(db.session, head_revision()))
+            return jsonify(verify_database(db.session, schema_versions()))
     except SchemaOutdated as outdated:
         return _error(
             "schema_outdated", "the schema is not at the migrations' head", outdated.details

@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service.models import Verification
-from service.schema import AUTH_TABLES
+from service.schema import AUTH_TABLES, SchemaVersions
 
 # Whether alembic_version exists is asked first: selecting from a missing table would fail the
 # whole query, and an unmigrated database must answer schema_outdated, not a generic error.
@@ -36,14 +36,18 @@ REVISION = text("SELECT version_num FROM alembic_version")
 
 
 class SchemaOutdated(Exception):
-    """The database answers, but its schema is not the one the code expects."""
+    """The database answers, but its schema is missing or behind this code's head.
+
+    A schema ahead of the code (migrated by a newer release) passes: the tables this code uses
+    are there, and the write check proves it.
+    """
 
     def __init__(self, details: dict[str, Any]) -> None:
         super().__init__("the schema is not at the migrations' head")
         self.details = details
 
 
-def verify_database(session: Session, head: str | None) -> dict[str, Any]:
+def verify_database(session: Session, schema: SchemaVersions) -> dict[str, Any]:
     """Run the verification; raise SchemaOutdated or a database error when something is wrong."""
     started = time.perf_counter()
     facts = POSTGRESQL_FACTS if session.get_bind().dialect.name == "postgresql" else SQLITE_FACTS
@@ -52,8 +56,8 @@ def verify_database(session: Session, head: str | None) -> dict[str, Any]:
     server_version, database, versioned, *present = row
     revision = session.scalar(REVISION) if versioned else None
     tables = dict(zip(AUTH_TABLES, (bool(flag) for flag in present), strict=True))
-    migrations = {"current": revision, "head": head}
-    if revision != head or not all(tables.values()):
+    migrations = {"current": revision, "head": schema.head}
+    if schema.state(revision) not in ("current", "ahead") or not all(tables.values()):
         session.rollback()
         raise SchemaOutdated({"migrations": migrations, "tables": tables})
     write_check = _check_write_path(session)

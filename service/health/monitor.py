@@ -11,7 +11,7 @@ from service.config import Settings
 from service.database import PoolGauge
 from service.health.checker import DatabaseProbe, HealthChecker, Snapshot
 from service.health.report import MEDIA_TYPE, Verdict, assess, health_document
-from service.schema import head_revision
+from service.schema import schema_versions
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class HealthMonitor:
     def __init__(self, settings: Settings, pool_gauge: PoolGauge, version: str) -> None:
         self.settings = settings
         self.version = version
-        self.head = head_revision()
+        self.schema = schema_versions()
         self.checker = HealthChecker(
             DatabaseProbe(settings, pool_gauge),
             settings.health_check_interval_s,
@@ -44,7 +44,7 @@ class HealthMonitor:
                 min(FIRST_RESULT_WAIT_S, self.settings.health_check_timeout_s)
             )
         snapshot = self.checker.snapshot
-        return snapshot, assess(snapshot, time.monotonic(), self.head, self.settings)
+        return snapshot, assess(snapshot, time.monotonic(), self.schema, self.settings)
 
     def report(self, *, include_output: bool) -> tuple[bytes, Verdict]:
         """The health document as JSON bytes, rendered once per snapshot and verdict."""
@@ -55,7 +55,7 @@ class HealthMonitor:
             document = health_document(
                 snapshot,
                 verdict,
-                self.head,
+                self.schema,
                 self.settings,
                 version=self.version,
                 include_output=include_output,
@@ -71,7 +71,7 @@ class HealthMonitor:
         self.checker.stop()
 
     def _log_changes(self, snapshot: Snapshot) -> None:
-        verdict = assess(snapshot, time.monotonic(), self.head, self.settings)
+        verdict = assess(snapshot, time.monotonic(), self.schema, self.settings)
         previous = self._logged_verdict
         if previous is not None and previous.status == verdict.status:
             return

@@ -12,6 +12,7 @@ from typing import Any
 
 from service.config import Settings
 from service.health.checker import Snapshot
+from service.schema import SchemaVersions
 
 MEDIA_TYPE = "application/health+json"
 
@@ -26,21 +27,28 @@ class Verdict:
         return 503 if self.status == "fail" else 200
 
 
-def assess(snapshot: Snapshot | None, now: float, head: str | None, settings: Settings) -> Verdict:
+def assess(
+    snapshot: Snapshot | None, now: float, schema: SchemaVersions, settings: Settings
+) -> Verdict:
     """Judge readiness from the checker's snapshot at monotonic time `now`.
 
-    fail: no answer from the database for HEALTH_STALE_AFTER_S, or the schema is not at head.
+    fail: no answer from the database for HEALTH_STALE_AFTER_S, or the schema is missing or
+    behind this code's head.
     warn: it answers, but the last check failed (tolerated until stale), it is slower than
-    HEALTH_WARN_LATENCY_MS, or the pool is nearly exhausted.
+    HEALTH_WARN_LATENCY_MS, the pool is nearly exhausted, or the schema is ahead of this code
+    (a newer release migrated it: old replicas keep serving during a rolling deploy).
     """
     if snapshot is None:
         return Verdict("fail", ("starting",))
     latest, answer = snapshot.latest, snapshot.last_answer
     if answer is None or now - answer.monotonic_at > settings.health_stale_after_s:
         return Verdict("fail", (latest.failure or "stale",))
-    if answer.revision != head:
-        return Verdict("fail", ("schema_outdated" if answer.revision else "schema_missing",))
-    reasons = []
+    schema_state = schema.state(answer.revision)
+    if schema_state in ("missing", "behind"):
+        return Verdict(
+            "fail", ("schema_missing" if schema_state == "missing" else "schema_outdated",)
+        )
+    reasons = ["schema_ahead"] if schema_state == "ahead" else []
     if not latest.answered:
         reasons.append(latest.failure or "database_unavailable")
     elif latest.latency_ms is not None and latest.latency_ms > settings.health_warn_latency_ms:
@@ -53,7 +61,7 @@ def assess(snapshot: Snapshot | None, now: float, head: str | None, settings: Se
 def health_document(
     snapshot: Snapshot | None,
     verdict: Verdict,
-    head: str | None,
+    schema: SchemaVersions,
     settings: Settings,
     *,
     version: str,
@@ -93,11 +101,12 @@ def health_document(
         "time": observed,
     }
     current = answer.revision if answer else None
+    schema_state = schema.state(current) if answer else "missing"
     migrations = {
         "componentType": "datastore",
         "observedValue": current,
-        "head": head,
-        "status": "pass" if answer is not None and current == head else "fail",
+        "head": schema.head,
+        "status": {"current": "pass", "ahead": "warn"}.get(schema_state, "fail"),
         "time": _iso(answer.observed_at) if answer else observed,
     }
     document["checks"] = {
