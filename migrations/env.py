@@ -88,7 +88,8 @@ def _take_migration_lock(connection: Connection) -> bool:
     """
     if connection.dialect.name != "postgresql":
         return False
-    timeout_ms = int(settings.db_migration_lock_timeout_s * 1000)
+    # At least 1 ms: PostgreSQL reads lock_timeout = 0 as "wait forever", the opposite of 0 s.
+    timeout_ms = max(1, round(settings.db_migration_lock_timeout_s * 1000))
     connection.execute(text(f"SET lock_timeout = {timeout_ms}"))
     try:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), _lock_key())

@@ -14,6 +14,7 @@ from pathlib import Path
 from flask import Flask
 
 from service import deadlines, health
+from service.cli import register_commands
 from service.config import Settings, load_settings
 from service.database import (
     PoolGauge,
@@ -24,6 +25,7 @@ from service.database import (
 from service.errors import register_errorhandlers
 from service.extensions import db, migrate
 from service.logs import configure_logging
+from service.metrics import register_metrics
 from service.request_context import register_request_hooks
 
 __version__ = "0.1.0"
@@ -52,6 +54,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     configure_logging(settings)
     register_extensions(app, settings)
     register_blueprints(app)
+    register_metrics(app, settings)
+    register_commands(app)
     register_errorhandlers(app)
     log.info(
         "service ready: env=%s database=%s pool=%s",

@@ -26,13 +26,18 @@ _URL_CREDENTIALS = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@
 _PASSWORD_ASSIGNMENT = re.compile(r"(?P<head>\bpassword\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)", re.I)
 
 
+# Bare secret values shorter than this are not replaced wherever they appear: a one-letter
+# password would turn every "p" of every line into "***". In a URL they are still masked.
+MIN_BARE_SECRET_LENGTH = 4
+
+
 class Redactor:
     """Masks URL passwords, `password=...` pairs and the given secret values in text."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         variants = set()
         for secret in secrets:
-            if secret:
+            if secret and len(secret) >= MIN_BARE_SECRET_LENGTH:
                 variants.add(secret)
                 variants.add(json.dumps(secret)[1:-1])  # as it appears inside a JSON string
         self._secrets = sorted(variants, key=len, reverse=True)
