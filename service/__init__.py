@@ -24,9 +24,10 @@ from service.database import (
 )
 from service.errors import register_errorhandlers
 from service.extensions import db, migrate
+from service.health.fastpath import HealthFastPath
 from service.logs import configure_logging
 from service.metrics import register_metrics
-from service.request_context import register_request_hooks
+from service.request_context import NoSessions, register_request_hooks
 
 __version__ = "0.1.0"
 
@@ -51,12 +52,15 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings),
     )
     app.json.sort_keys = False  # keep "status" first, as written
+    app.session_interface = NoSessions()
     configure_logging(settings)
     register_extensions(app, settings)
     register_blueprints(app)
     register_metrics(app, settings)
     register_commands(app)
     register_errorhandlers(app)
+    # Outermost, so probes skip everything else (see service/health/fastpath.py).
+    app.wsgi_app = HealthFastPath(app.wsgi_app, app.extensions["health"])  # type: ignore[method-assign]
     log.info(
         "service ready: env=%s database=%s pool=%s",
         settings.app_env,

@@ -145,22 +145,22 @@ def _record_request(response: Response) -> Response:
     started = current.environ.get(_STARTED)
     if started is None:
         return response
-    elapsed = time.perf_counter() - started
     rule = current.url_rule
-    method = current.method
-    key = (
-        rule.endpoint if rule is not None else UNMATCHED,
-        method if method in KNOWN_METHODS else "other",
-        response.status_code,
-    )
+    endpoint = rule.endpoint if rule is not None else UNMATCHED
+    record(endpoint, current.method, response.status_code, time.perf_counter() - started)
+    return response
+
+
+def record(endpoint: str, method: str, status: int, elapsed_s: float) -> None:
+    """Count one answered request and its latency (also called by the health fast path)."""
+    key = (endpoint, method if method in KNOWN_METHODS else "other", status)
     children = _children.get(key)
     if children is None:
-        status = str(key[2])
-        children = (REQUESTS.labels(key[0], key[1], status), LATENCY.labels(key[0], status))
+        code = str(status)
+        children = (REQUESTS.labels(endpoint, key[1], code), LATENCY.labels(endpoint, code))
         _children[key] = children
     children[0].inc()
-    children[1].observe(elapsed)
-    return response
+    children[1].observe(elapsed_s)
 
 
 @bp.get(METRICS_PATH)

@@ -16,6 +16,8 @@ from service.schema import schema_versions
 log = logging.getLogger(__name__)
 
 FIRST_RESULT_WAIT_S = 0.5  # a process's very first probe may wait this long for a first look
+LIVE_BODY = json.dumps({"status": "pass"}).encode()
+PROBES = ("live", "ready", "health")  # what respond() answers
 
 
 class HealthMonitor:
@@ -32,6 +34,7 @@ class HealthMonitor:
         )
         self._logged_verdict: Verdict | None = None
         self._rendered: dict[tuple[int, Verdict, bool], bytes] = {}
+        self._ready_bodies: dict[Verdict, bytes] = {}  # few: one per distinct verdict
         self._render_lock = threading.Lock()
         interval = settings.health_check_interval_s
         self.cache_control = f"max-age={int(interval)}" if interval >= 1 else "no-cache"
@@ -45,6 +48,28 @@ class HealthMonitor:
             )
         snapshot = self.checker.snapshot
         return snapshot, assess(snapshot, time.monotonic(), self.schema, self.settings)
+
+    def respond(self, probe: str, *, include_output: bool) -> tuple[int, bytes, str]:
+        """(HTTP status, JSON body, Cache-Control) of a probe, from memory only.
+
+        The one implementation behind both the Flask views and the WSGI fast path, so the two
+        cannot answer differently.
+        """
+        if probe == "live":
+            return 200, LIVE_BODY, "no-store"
+        if probe == "ready":
+            _, verdict = self.current()
+            body = self._ready_bodies.get(verdict)
+            if body is None:
+                document: dict[str, object] = {"status": verdict.status}
+                if verdict.reasons:
+                    document["notes"] = list(verdict.reasons)
+                body = self._ready_bodies.setdefault(verdict, json.dumps(document).encode())
+            return verdict.http_status, body, self.cache_control
+        body, verdict = self.report(include_output=include_output)
+        private = include_output and self.settings.is_production
+        cache_control = f"private, {self.cache_control}" if private else self.cache_control
+        return verdict.http_status, body, cache_control
 
     def report(self, *, include_output: bool) -> tuple[bytes, Verdict]:
         """The health document as JSON bytes, rendered once per snapshot and verdict."""
