@@ -104,9 +104,11 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 # Longer than load balancers' idle timeout (AWS ALB: 60 s), so they close idle connections first.
 keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
-# Recycle workers now and then (jittered, so not all at once) to bound any slow leak.
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 10000)
-max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
+# Recycle workers now and then (jittered, so not all at once) to bound any slow leak. Health
+# probes count too, and each new worker opens a new checker connection (a few set-up queries):
+# a low value turns a probe storm into database load. The soak shows no growth to bound.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 100000)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 10000)
 # The heartbeat file on tmpfs: a slow or full disk must not make the master kill healthy workers.
 worker_tmp_dir = _env_text(
     "GUNICORN_WORKER_TMP_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None
