@@ -93,13 +93,18 @@ class DatabaseFactory:
         self._created.clear()
 
     def _execute(self, statement: sql.Composed) -> None:
-        connection = psycopg2.connect(self.admin_url, connect_timeout=5)
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            connection.close()
+        admin_execute(statement, self.admin_url)
+
+
+def admin_execute(statement: sql.Composable | str, admin_url: str = ADMIN_URL) -> None:
+    """Run one statement outside a transaction (CREATE DATABASE, roles) on the test server."""
+    connection = psycopg2.connect(admin_url, connect_timeout=5)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
 
 
 def migrate(database_url: str) -> None:

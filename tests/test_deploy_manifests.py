@@ -31,7 +31,7 @@ from psycopg2 import errors, sql
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import HTTPException
 
-from tests.conftest import ADMIN_URL, PROJECT_ROOT, AppFactory, run_command
+from tests.conftest import ADMIN_URL, PROJECT_ROOT, AppFactory, admin_execute, run_command
 from tests.test_containers import (
     SECRET_NAME,
     compose_source,
@@ -308,16 +308,6 @@ def run_psql(url: str, script: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def superuser_execute(statement: sql.Composable) -> None:
-    connection = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 def test_least_privilege_roles_from_the_guide_work(make_app: AppFactory) -> None:
     admin_sql, migrator_sql = guide_sql_blocks("Least-privilege roles")
     suffix = secrets.token_hex(4)
@@ -340,7 +330,7 @@ def test_least_privilege_roles_from_the_guide_work(make_app: AppFactory) -> None
         )
 
     # A managed service's administrator is no superuser: it may create roles and databases.
-    superuser_execute(
+    admin_execute(
         sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
             sql.Identifier(admin), sql.Literal(admin_password)
         )
@@ -370,8 +360,8 @@ def test_least_privilege_roles_from_the_guide_work(make_app: AppFactory) -> None
         finally:
             connection.close()
     finally:
-        superuser_execute(
+        admin_execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(names["app"]))
         )
         for role in (names["app_migrator"], names["app_runtime"], admin):
-            superuser_execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            admin_execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
