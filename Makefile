@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
-# Debian packages the suite drives for real: PgBouncer, the compose validator, the PostgreSQL
-# server binaries (throwaway clusters), its client tools (pg_dump), Node.js for Better Auth.
-SYSTEM_PACKAGES := pgbouncer docker-compose postgresql postgresql-client nodejs npm wrk
+# What the suite drives for real, as command:Debian-package: PgBouncer, the compose validator, the
+# PostgreSQL server (throwaway clusters) and client (pg_dump), Node.js for Better Auth, wrk for
+# the benchmark. Commands are checked, not package names: Node often comes from elsewhere.
+SYSTEM_TOOLS := pgbouncer:pgbouncer docker-compose:docker-compose pg_dump:postgresql-client \
+	node:nodejs npm:npm wrk:wrk
 
 .PHONY: run test lint format bench system-deps clean
 
@@ -50,13 +52,15 @@ tests/better_auth/node_modules/.package-lock.json: tests/better_auth/package-loc
 	cd tests/better_auth && npm ci --no-audit --no-fund
 
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || echo $${pair#*:}; done; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql); \
 	if [ -n "$$missing" ]; then \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  echo "installing Debian packages: $$missing"; \
+	  echo "installing Debian packages:" $$missing; \
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing \
-	    >/dev/null || { echo "make test: could not install $$missing (need root or sudo)"; exit 1; }; \
+	    >/dev/null || { echo "make test: could not install" $$missing "(need root or sudo)"; exit 1; }; \
 	fi
 
 clean:
