@@ -15,13 +15,20 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import psycopg2
 import psycopg2.extensions
 
-from .processes import ServerProcess, chown_for, free_port, port_is_free, service_user, wait_for
+from .processes import (
+    ServerProcess,
+    StartedResource,
+    chown_for,
+    free_port,
+    port_is_free,
+    service_user,
+    wait_for,
+)
 
 HOST = "127.0.0.1"
 
@@ -34,7 +41,7 @@ def find_pgbouncer() -> Path:
     return Path(found)
 
 
-class PgBouncer:
+class PgBouncer(StartedResource):
     """PgBouncer on a free 127.0.0.1 port forwarding every database name to one server.
 
     Only the settings a test needs are written; everything else (notably
@@ -195,21 +202,6 @@ class PgBouncer:
             self.stop()
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()  # __exit__ will not run, so remove the temp dir here
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 class _BouncerDied(Exception):

@@ -18,7 +18,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import psycopg2
@@ -27,6 +26,7 @@ from psycopg2 import sql
 
 from .processes import (
     ServerProcess,
+    StartedResource,
     chown_for,
     descendants_of,
     free_port,
@@ -84,7 +84,7 @@ def find_pg_bindir() -> Path:
     )
 
 
-class TemporaryCluster:
+class TemporaryCluster(StartedResource):
     """A private PostgreSQL server in a temp dir, on a free 127.0.0.1 port, with trust auth.
 
     Runs as the ``postgres`` OS user when we are root (PostgreSQL refuses root).
@@ -303,21 +303,6 @@ class TemporaryCluster:
             self.stop("fast", timeout=15)
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()  # __exit__ will not run, so remove the temp dirs here
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # ------------------------------------------------------------- fault injection
     def postmaster_pid(self) -> int | None:

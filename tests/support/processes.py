@@ -179,6 +179,34 @@ def _kill_group_and(pgid: int, extra: Mapping[int, int] | None = None) -> None:
     signal_pids(extra or {}, signal.SIGKILL)
 
 
+class StartedResource:
+    """`with` support for helpers that have `start()` and `cleanup()` (clusters, PgBouncer).
+
+    A failed start cleans up at once: `__exit__` does not run when `__enter__` raises.
+    """
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
 class ServerProcess:
     """A long-running child process (server under test) whose output goes to a log file.
 
