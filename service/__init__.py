@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from service import deadlines, health
+from service import deadlines, health, schema
 from service.cli import register_commands
 from service.config import Settings, load_settings
 from service.database import (
@@ -32,7 +32,7 @@ from service.request_context import NoSessions, register_request_hooks
 __version__ = "0.1.0"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+INSTANCE_PATH = PROJECT_ROOT / "instance"  # the embedded SQLite default lives here
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
     Raises `service.config.ConfigError` (one line, no secret) when a setting is invalid.
     """
-    app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
+    app = Flask(__name__, instance_path=str(INSTANCE_PATH))
     settings = load_settings(config, instance_path=app.instance_path)
     app.config.update(
         SETTINGS=settings,
@@ -81,7 +81,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         deadlines.install(settings.db_connect_timeout_s)
     register_request_hooks(app, settings)  # before db.init_app: see its docstring
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=True)
+    migrate.init_app(app, db, directory=str(schema.MIGRATIONS_DIR), render_as_batch=True)
     with app.app_context():
         engine = db.engine
         if settings.is_postgresql and settings.db_pool == "null":

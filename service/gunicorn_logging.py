@@ -10,8 +10,8 @@ Prometheus would otherwise bury the real traffic under their polling.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -22,8 +22,7 @@ from service.logs import RequestIdFilter, build_formatter
 # Paths (and everything under them) that never get an access line.
 QUIET_PATHS = ("/api/health", "/metrics")
 REQUEST_ID_HEADER = "x-request-id"
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANCE_PATH = os.path.join(PROJECT_ROOT, "instance")
+INSTANCE_PATH = str(Path(__file__).resolve().parent.parent / "instance")  # as create_app's
 
 
 def is_quiet_path(path: str) -> bool:
