@@ -1,8 +1,8 @@
 """The floor: a bare Flask app returning a constant JSON body, served with the service's settings.
 
 The ratio of the service's /api/health throughput to this app's throughput shows what the health
-path costs on top of Flask and gunicorn themselves. gunicorn.conf.py's worker hooks expect the
-service's shape (a Flask-SQLAlchemy engine to dispose after fork, a health checker to start), so
+path costs on top of Flask and gunicorn themselves. the gunicorn worker expects the
+service's shape (a Flask-SQLAlchemy engine to dispose at exit, a health checker to start), so
 this app offers that shape and nothing a request would pay for.
 """
 
@@ -27,6 +27,9 @@ class _NoChecker:
     def ensure_running(self) -> None:
         """Nothing to start: the floor observes nothing."""
 
+    def drain(self) -> None:
+        """Nothing to drain."""
+
     def stop(self) -> None:
         """Nothing to stop."""
 
@@ -41,6 +44,7 @@ def create_floor_app() -> Flask:
         func for func in app.teardown_appcontext_funcs if getattr(func, "__self__", None) is not db
     ]
     app.extensions["health"] = _NoChecker()
+    app.extensions["metrics"] = 0  # no pool to count
 
     @app.get("/api/health")  # the service's path, so both receive byte-identical requests
     def constant() -> Response:

@@ -17,13 +17,12 @@ from typing import Any
 
 from alembic import context
 from flask import current_app
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
 from service.config import Settings, mask_url
-from service.database import KEEPALIVE_ARGS
+from service.database import create_engine, first_line
 from service.extensions import db
 
 # Any constant works: advisory locks are scoped to the database. This one spells "migrate".
@@ -48,14 +47,7 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     url = settings.migration_database_url
-    connect_args: dict[str, Any] = {}
-    if url.get_backend_name() == "postgresql":
-        connect_args = {
-            **KEEPALIVE_ARGS,
-            "application_name": f"{settings.service_id}-migrate",
-            "options": f"-c statement_timeout=0 -c lock_timeout={settings.db_lock_timeout_ms}",
-        }
-    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    engine = create_engine(settings, url, "migrate", statement_timeout_ms=0)  # no statement limit
     try:
         with engine.connect() as connection:
             locked = _take_migration_lock(connection)
@@ -74,7 +66,7 @@ def run_migrations_online() -> None:
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), _lock_key())
                     connection.commit()
     except DBAPIError as error:
-        _fail(f"cannot migrate {mask_url(url)}: {_first_line(error.orig)}")
+        _fail(f"cannot migrate {mask_url(url)}: {first_line(error)}")
     finally:
         engine.dispose()
 
@@ -118,10 +110,6 @@ def _skip_empty_autogenerate(migration_context: Any, revision: Any, directives: 
     ):
         directives[:] = []
         log.info("No changes in schema detected.")
-
-
-def _first_line(error: BaseException | None) -> str:
-    return (str(error).strip().splitlines() or ["unknown error"])[0]
 
 
 def _fail(message: str) -> None:

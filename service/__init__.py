@@ -1,8 +1,4 @@
-"""A Flask microservice that owns a PostgreSQL database layer and reports on its health.
-
-`create_app` is the application factory: gunicorn and the `flask` command build the app through
-`wsgi.py`, tests call it with a mapping of settings.
-"""
+"""A Flask microservice that owns a PostgreSQL database layer and reports on its health."""
 
 from __future__ import annotations
 
@@ -10,57 +6,47 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from flask import Flask
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface
 
-from service import deadlines, health, schema
+from service import database, deadlines, extensions, schema
 from service.cli import register_commands
 from service.config import Settings, load_settings
-from service.database import (
-    PoolGauge,
-    enforce_timeouts_per_transaction,
-    engine_options,
-    pool_capacity,
-)
 from service.errors import register_errorhandlers
-from service.extensions import db, migrate
-from service.health.fastpath import HealthFastPath
-from service.logs import configure_logging
-from service.metrics import register_metrics
-from service.request_context import NoSessions, register_request_hooks
+from service.health.checker import DatabaseProbe
+from service.health.monitor import HealthMonitor
+from service.logs import configure_logging, register_request_ids
 
 __version__ = "0.1.0"
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INSTANCE_PATH = PROJECT_ROOT / "instance"  # the embedded SQLite default lives here
+INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"  # the SQLite default's home
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Mapping[str, object] | None = None) -> Flask:
-    """Build the app. `config` overrides settings by their environment variable names.
+def create_app(test_config: Mapping[str, object] | None = None) -> Flask:
+    """Build the app; `test_config` overrides settings by their environment variable names.
 
     Raises `service.config.ConfigError` (one line, no secret) when a setting is invalid.
     """
     app = Flask(__name__, instance_path=str(INSTANCE_PATH))
-    settings = load_settings(config, instance_path=app.instance_path)
+    settings = load_settings(test_config, instance_path=app.instance_path)
     app.config.update(
         SETTINGS=settings,
         SECRET_KEY=settings.secret_key,
         TESTING=settings.app_env == "test",
         SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings),
+        SQLALCHEMY_ENGINE_OPTIONS=database.engine_options(settings),
     )
     app.json.sort_keys = False  # keep "status" first, as written
     app.session_interface = NoSessions()
     configure_logging(settings)
     register_extensions(app, settings)
     register_blueprints(app)
-    register_metrics(app, settings)
-    register_commands(app)
     register_errorhandlers(app)
-    # Outermost, so probes skip everything else (see service/health/fastpath.py).
-    app.wsgi_app = HealthFastPath(app.wsgi_app, app.extensions["health"])  # type: ignore[method-assign]
+    register_commands(app)
     log.info(
         "service ready: env=%s database=%s pool=%s",
         settings.app_env,
@@ -77,25 +63,51 @@ def register_extensions(app: Flask, settings: Settings) -> None:
             "DATABASE_URL is not set: using the embedded SQLite database %s (development only)",
             settings.database_url.database,
         )
-    if settings.is_postgresql:
-        deadlines.install(settings.db_connect_timeout_s)
-    register_request_hooks(app, settings)  # before db.init_app: see its docstring
+    deadlines.install()
+    register_request_ids(app)
+    db = extensions.db  # `service.db` is the db blueprint's package
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(schema.MIGRATIONS_DIR), render_as_batch=True)
+    extensions.migrate.init_app(app, db, directory=str(schema.MIGRATIONS_DIR), render_as_batch=True)
     with app.app_context():
-        engine = db.engine
-        if settings.is_postgresql and settings.db_pool == "null":
-            enforce_timeouts_per_transaction(engine, settings)
-        pool_gauge = PoolGauge(engine, pool_capacity(settings))
-    app.extensions["pool_gauge"] = pool_gauge
-    health.init_app(app, settings, pool_gauge, __version__)
+        engine = database.prepare_engine(db.engine, settings)
+    capacity = database.pool_capacity(settings)
+    extensions.metrics.init_app(app, engine, capacity)
+    probe = DatabaseProbe(settings, lambda: database.pool_in_use(engine), capacity)
+    app.extensions["health"] = HealthMonitor(settings, probe, __version__)
     from service import models  # noqa: F401 - registers the tables on db.metadata
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.dbcheck import bp as db_blueprint
-    from service.openapi import bp as openapi_blueprint
+    from service import db, health, openapi
 
     app.register_blueprint(health.bp)
-    app.register_blueprint(db_blueprint)
-    app.register_blueprint(openapi_blueprint)
+    app.register_blueprint(db.bp)
+    app.register_blueprint(openapi.bp)
+
+
+def start_serving(app: Flask) -> None:
+    """In a process that serves: start the health checker and count this worker's pool."""
+    app.extensions["health"].checker.ensure_running()
+    extensions.metrics.start_process(app)
+
+
+def drain(app: Flask) -> None:
+    """Before a graceful stop: fail readiness, so load balancers stop sending requests."""
+    app.extensions["health"].drain()
+
+
+def stop_serving(app: Flask) -> None:
+    """Stop the checker and close every connection, so none is left on the server."""
+    app.extensions["health"].stop()
+    with app.app_context():
+        extensions.db.engine.dispose()
+
+
+class NoSessions(SessionInterface):
+    """This API keeps no cookie sessions, so no request pays for signing or parsing one."""
+
+    def open_session(self, app: Flask, request: Request) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None

@@ -1,9 +1,7 @@
 """`flask db wait`: block until the database answers, for container entrypoints and migration jobs.
 
-A container that starts before its database (compose, a Kubernetes Job) would otherwise crash-loop
-or migrate against nothing. The command retries with exponential backoff (with jitter, so many
-replicas do not knock in step) up to `--timeout`, exits 0 as soon as `SELECT 1` answers, and
-otherwise exits 1 with one line on stderr: the masked URL and the last error, no traceback.
+Exponential backoff with jitter up to `--timeout`; exit 0 once `SELECT 1` answers, else exit 1
+with one line on stderr (the masked URL and the last error, never a traceback).
 """
 
 from __future__ import annotations
@@ -17,13 +15,12 @@ from dataclasses import dataclass
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from service.config import Settings, mask_url
-from service.database import engine_options
+from service.database import create_engine, first_line
 from service.deadlines import deadline
 from service.logs import Redactor
 
@@ -31,7 +28,6 @@ log = logging.getLogger(__name__)
 
 FIRST_DELAY_S = 0.25
 MAX_DELAY_S = 5.0
-DEFAULT_TIMEOUT_S = 60.0
 
 
 class DatabaseNotReady(Exception):
@@ -68,11 +64,7 @@ def wait_for_database(
     Each attempt is bounded by DB_CONNECT_TIMEOUT_S and by the time left (service.deadlines),
     so a frozen server cannot stretch the wait. Raises DatabaseNotReady.
     """
-    options = engine_options(settings, application_name=f"{settings.service_id}-wait")
-    for pooled_only in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle"):
-        options.pop(pooled_only, None)
-    options.update(poolclass=NullPool, pool_pre_ping=False)
-    engine = create_engine(url, **options)
+    engine = create_engine(settings, url, "wait")
     redact = Redactor(settings.secrets)
     started = time.monotonic()
     give_up_at = started + timeout_s
@@ -88,7 +80,7 @@ def wait_for_database(
                     connection.execute(text("SELECT 1"))
                 return WaitResult(attempts, time.monotonic() - started)
             except (SQLAlchemyError, OSError) as error:
-                reason = redact(_first_line(getattr(error, "orig", None) or error))
+                reason = redact(first_line(error))
                 log.debug("database not ready (attempt %d): %s", attempts, reason)
             left = give_up_at - time.monotonic()
             if left <= 0:
@@ -106,10 +98,8 @@ def wait_for_database(
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
-    default=DEFAULT_TIMEOUT_S,
-    show_default=True,
-    envvar="DB_WAIT_TIMEOUT_S",
-    help="Give up after this many seconds (env DB_WAIT_TIMEOUT_S).",
+    default=None,
+    help="Give up after this many seconds (default: DB_WAIT_TIMEOUT_S, 60).",
 )
 @click.option(
     "--migration",
@@ -117,10 +107,12 @@ def wait_for_database(
     help="Wait for MIGRATION_DATABASE_URL (what `flask db upgrade` uses) instead of DATABASE_URL.",
 )
 @with_appcontext
-def wait_command(timeout: float, migration: bool) -> None:
+def wait_command(timeout: float | None, migration: bool) -> None:
     """Wait until the database answers; exit 1 with one line if it does not in time."""
     settings: Settings = current_app.config["SETTINGS"]
     url = settings.migration_database_url if migration else settings.database_url
+    if timeout is None:
+        timeout = settings.db_wait_timeout_s
     try:
         result = wait_for_database(url, settings, timeout)
     except DatabaseNotReady as error:
@@ -131,7 +123,3 @@ def wait_command(timeout: float, migration: bool) -> None:
         f"(after {result.attempts} attempt{'s' if result.attempts != 1 else ''}, "
         f"{result.elapsed_s:.1f}s)"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

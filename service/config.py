@@ -1,24 +1,23 @@
-"""Settings: read once from the environment (and `.env`), validated at start-up.
+"""Settings: every environment variable, declared once below, read once and validated at start-up.
 
-Every variable the service understands is read here and nowhere else. A bad value stops the
-process with one line naming the variable (`ConfigError`); the rest of the code receives a
-frozen, typed `Settings` and never looks at `os.environ` again.
+A bad value stops the process with one line naming the variable (`ConfigError`); the rest of the
+code receives a frozen, typed `Settings` and never reads `os.environ` again.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 
-APP_ENVS = ("development", "test", "production")
-DB_POOLS = ("queue", "null")
-LOG_FORMATS = ("text", "json")
 DEFAULT_SQLITE_NAME = "service.sqlite3"
 
 
@@ -26,35 +25,114 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message is one line and never holds a secret."""
 
 
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+) -> Any:
+    """Declare one environment variable: the field's name in capitals, its type and default."""
+    limits = {"doc": doc, "minimum": minimum, "maximum": maximum, "choices": choices}
+    return field(default=default, repr=not secret, metadata={**limits, "secret": secret})
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated configuration of one process. `repr` never shows a secret."""
 
-    app_env: str
-    secret_key: str = field(repr=False)
-    database_url: URL = field(repr=False)
-    database_is_default: bool
-    migration_database_url: URL = field(repr=False)
-    db_pool: str
-    db_pool_size: int
-    db_max_overflow: int
-    db_pool_timeout_s: float
-    db_pool_recycle_s: int
-    db_connect_timeout_s: float
-    db_statement_timeout_ms: int
-    db_lock_timeout_ms: int
-    db_deadline_s: float
-    db_migration_lock_timeout_s: float
-    health_check_interval_s: float
-    health_stale_after_s: float
-    health_check_timeout_s: float
-    health_warn_latency_ms: float
-    health_warn_pool_ratio: float
-    ops_token: str | None = field(repr=False)
-    service_id: str
-    release_id: str | None  # None: the package version
-    log_level: str
-    log_format: str
+    # The service
+    app_env: str = setting(
+        "development",
+        "development, test or production",
+        choices=("development", "test", "production"),
+    )
+    database_url: URL | None = setting(
+        None, "postgresql:// URL; unset: SQLite in instance/ (not in production)", secret=True
+    )
+    migration_database_url: URL | None = setting(
+        None, "where `flask db upgrade` connects; unset: DATABASE_URL", secret=True
+    )
+    secret_key: str | None = setting(
+        None, "required in production; unset: random per start", secret=True
+    )
+    ops_token: str | None = setting(
+        None, "bearer token (16+ characters) for ops endpoints in production", secret=True
+    )
+    service_id: str = setting(
+        "db-service", "reported by /api/health; the connections' application_name"
+    )
+    release_id: str | None = setting(None, "reported by /api/health; unset: the package version")
+    log_level: str = setting(
+        "INFO", "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    log_format: str | None = setting(
+        None, "text or json; unset: json in production, else text", choices=("text", "json")
+    )
+    # The database
+    db_pool: str = setting(
+        "queue",
+        "queue: a pool per worker; null: none (PgBouncer, serverless)",
+        choices=("queue", "null"),
+    )
+    db_pool_size: int = setting(5, "pooled connections per worker", minimum=1)
+    db_max_overflow: int = setting(5, "connections per worker above the pool size in a burst")
+    db_pool_timeout_s: float = setting(
+        1.0, "longest wait for a pooled connection before 503 overloaded"
+    )
+    db_pool_recycle_s: int = setting(1800, "replace connections older than this")
+    db_connect_timeout_s: float = setting(2.0, "connecting, enforced client-side", minimum=0.1)
+    db_statement_timeout_ms: int = setting(2000, "server-side limit of a statement")
+    db_lock_timeout_ms: int = setting(1000, "server-side limit of a lock wait")
+    db_deadline_s: float = setting(
+        2.0, "client-side limit on all database work of /api/db/test", minimum=0.1
+    )
+    db_migration_lock_timeout_s: float = setting(
+        300.0, "how long `flask db upgrade` waits for another replica's migration"
+    )
+    db_wait_timeout_s: float = setting(60.0, "how long `flask db wait` retries")
+    # Health
+    health_check_interval_s: float = setting(
+        1.0, "how often each worker's checker observes the database", minimum=0.05
+    )
+    health_stale_after_s: float = setting(
+        3.0, "readiness fails when the last answer is older", minimum=0.1
+    )
+    health_check_timeout_s: float = setting(1.0, "deadline of one check", minimum=0.05)
+    health_warn_latency_ms: float = setting(250.0, "a slower check is warn")
+    health_warn_pool_ratio: float = setting(0.9, "a fuller pool is warn", maximum=1.0)
+    # The server (gunicorn.conf.py)
+    host: str = setting("0.0.0.0", "address gunicorn binds")  # noqa: S104 - a container serves all
+    port: int = setting(8000, "port gunicorn binds", minimum=1, maximum=65535)
+    web_concurrency: int | None = setting(
+        None, "gunicorn workers; unset: one per core, at least 2", minimum=1
+    )
+    gunicorn_worker_connections: int = setting(
+        1000, "connections one worker holds at most", minimum=1
+    )
+    gunicorn_timeout: int = setting(30, "a worker silent this long is killed", minimum=1)
+    gunicorn_graceful_timeout: int = setting(20, "bound of a shutdown, drain included", minimum=1)
+    gunicorn_keepalive: int = setting(75, "idle keep-alive; above a load balancer's idle timeout")
+    gunicorn_max_requests: int = setting(
+        100000, "recycle a worker after this many requests (0: never)"
+    )
+    gunicorn_max_requests_jitter: int = setting(10000, "spread of the recycling")
+    gunicorn_worker_tmp_dir: str = setting("/dev/shm", "heartbeat files, on tmpfs")  # noqa: S108
+    gunicorn_access_log: str = setting("-", "'-' stdout, a file, or 'off'; probes are never logged")
+    gunicorn_error_log: str = setting("-", "'-' stderr, or a file")
+    gunicorn_log_level: str = setting(
+        "info", "gunicorn's own level", choices=("debug", "info", "warning", "error", "critical")
+    )
+    forwarded_allow_ips: str = setting("127.0.0.1,::1", "proxies whose X-Forwarded-* are trusted")
+    shutdown_drain_s: float = setting(5.0, "after SIGTERM, readiness fails this long while serving")
+    request_head_timeout_s: float = setting(
+        10.0, "a request's line and headers must arrive within this", minimum=0.1
+    )
+    # After loading, database_url and migration_database_url are never None.
+    # Derived at load time, not read from the environment
+    database_is_default: bool = field(default=False, metadata={"derived": True})
 
     @property
     def is_production(self) -> bool:
@@ -62,18 +140,27 @@ class Settings:
 
     @property
     def is_postgresql(self) -> bool:
-        return self.database_url.get_backend_name() == "postgresql"
+        return (
+            self.database_url is not None and self.database_url.get_backend_name() == "postgresql"
+        )
 
     @property
     def masked_database_url(self) -> str:
-        return mask_url(self.database_url)
+        return mask_url(self.database_url) if self.database_url else "(none)"
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line or a response (for the log redactor)."""
-        values = {self.database_url.password, self.migration_database_url.password}
-        values |= {self.ops_token, self.secret_key}
-        return tuple(sorted(v for v in values if v))
+        urls = (self.database_url, self.migration_database_url)
+        values = {url.password for url in urls if url} | {self.ops_token, self.secret_key}
+        return tuple(sorted(str(v) for v in values if v))
+
+
+def variables() -> Iterator[tuple[str, Field[Any]]]:
+    """Every environment variable the service reads, with its declaration."""
+    for declared in fields(Settings):
+        if not declared.metadata.get("derived"):
+            yield declared.name.upper(), declared
 
 
 def mask_url(url: URL) -> str:
@@ -95,76 +182,91 @@ def load_settings(
     if environ is None:
         load_dotenv(override=False)  # the real environment wins over .env
         environ = os.environ
-    source = _Source({**environ, **{k: str(v) for k, v in (overrides or {}).items()}})
+    raw = {**environ, **{name: str(value) for name, value in (overrides or {}).items()}}
+    hints = typing.get_type_hints(Settings)
+    values = {}
+    for name, declared in variables():
+        text = str(raw.get(name, "")).strip()
+        if text:
+            values[declared.name] = _parse(name, text, _base_type(hints[declared.name]), declared)
+    settings = Settings(**values)
+    return _resolve(settings, Path(instance_path))
 
-    app_env = source.choice("APP_ENV", APP_ENVS, "development")
-    production = app_env == "production"
 
-    raw_url = source.text("DATABASE_URL")
-    if raw_url is None:
+def _resolve(settings: Settings, instance_path: Path) -> Settings:
+    """Apply the defaults that depend on other settings, then the rules between settings."""
+    production = settings.is_production
+    if settings.database_url is None:
         if production:
             raise ConfigError("DATABASE_URL: required in production (a postgresql:// URL)")
-        sqlite_path = Path(instance_path) / DEFAULT_SQLITE_NAME
-        database_url = make_url(f"sqlite:///{sqlite_path}")
-    else:
-        database_url = parse_database_url("DATABASE_URL", raw_url)
-        if production and database_url.get_backend_name() != "postgresql":
-            raise ConfigError("DATABASE_URL: production needs PostgreSQL, not SQLite")
-    raw_migration_url = source.text("MIGRATION_DATABASE_URL")
-    migration_url = (
-        parse_database_url("MIGRATION_DATABASE_URL", raw_migration_url)
-        if raw_migration_url is not None
-        else database_url
-    )
-
-    secret_key = source.text("SECRET_KEY")
-    if secret_key is None:
+        sqlite_url = make_url(f"sqlite:///{instance_path / DEFAULT_SQLITE_NAME}")
+        settings = replace(settings, database_url=sqlite_url, database_is_default=True)
+    elif production and settings.database_url.get_backend_name() != "postgresql":
+        raise ConfigError("DATABASE_URL: production needs PostgreSQL, not SQLite")
+    if settings.migration_database_url is None:
+        settings = replace(settings, migration_database_url=settings.database_url)
+    if settings.secret_key is None:
         if production:
             raise ConfigError(
                 "SECRET_KEY: required in production (for example: openssl rand -hex 32)"
             )
-        secret_key = secrets.token_hex(32)
-
-    ops_token = source.text("OPS_TOKEN")
-    if ops_token is not None and len(ops_token) < 16:
+        settings = replace(settings, secret_key=secrets.token_hex(32))
+    if settings.ops_token is not None and len(settings.ops_token) < 16:
         raise ConfigError("OPS_TOKEN: too short, use at least 16 characters")
-
-    interval = source.number("HEALTH_CHECK_INTERVAL_S", 1.0, minimum=0.05)
-    stale_after = source.number("HEALTH_STALE_AFTER_S", 3.0, minimum=0.1)
-    if stale_after <= interval:
+    if settings.log_format is None:
+        settings = replace(settings, log_format="json" if production else "text")
+    interval, stale = settings.health_check_interval_s, settings.health_stale_after_s
+    if stale <= interval:
         raise ConfigError(
             "HEALTH_STALE_AFTER_S: must be greater than HEALTH_CHECK_INTERVAL_S "
-            f"({stale_after:g} <= {interval:g})"
+            f"({stale:g} <= {interval:g})"
         )
-    default_log_format = "json" if production else "text"
+    pool_wait, deadline = settings.db_pool_timeout_s, settings.db_deadline_s
+    if pool_wait > deadline:
+        raise ConfigError(
+            f"DB_POOL_TIMEOUT_S: must not exceed DB_DEADLINE_S ({pool_wait:g} > {deadline:g})"
+        )
+    drain, grace = settings.shutdown_drain_s, settings.gunicorn_graceful_timeout
+    if drain >= grace:
+        raise ConfigError(
+            "SHUTDOWN_DRAIN_S: must be less than GUNICORN_GRACEFUL_TIMEOUT "
+            f"({drain:g} >= {grace:g})"
+        )
+    return settings
 
-    return Settings(
-        app_env=app_env,
-        secret_key=secret_key,
-        database_url=database_url,
-        database_is_default=raw_url is None,
-        migration_database_url=migration_url,
-        db_pool=source.choice("DB_POOL", DB_POOLS, "queue"),
-        db_pool_size=source.integer("DB_POOL_SIZE", 5, minimum=1),
-        db_max_overflow=source.integer("DB_MAX_OVERFLOW", 5),
-        db_pool_timeout_s=source.number("DB_POOL_TIMEOUT_S", 1.0),
-        db_pool_recycle_s=source.integer("DB_POOL_RECYCLE_S", 1800),
-        db_connect_timeout_s=source.number("DB_CONNECT_TIMEOUT_S", 2.0, minimum=0.1),
-        db_statement_timeout_ms=source.integer("DB_STATEMENT_TIMEOUT_MS", 2000),
-        db_lock_timeout_ms=source.integer("DB_LOCK_TIMEOUT_MS", 1000),
-        db_deadline_s=source.number("DB_DEADLINE_S", 2.0, minimum=0.1),
-        db_migration_lock_timeout_s=source.number("DB_MIGRATION_LOCK_TIMEOUT_S", 300.0),
-        health_check_interval_s=interval,
-        health_stale_after_s=stale_after,
-        health_check_timeout_s=source.number("HEALTH_CHECK_TIMEOUT_S", 1.0, minimum=0.05),
-        health_warn_latency_ms=source.number("HEALTH_WARN_LATENCY_MS", 250.0),
-        health_warn_pool_ratio=source.number("HEALTH_WARN_POOL_RATIO", 0.9, maximum=1.0),
-        ops_token=ops_token,
-        service_id=source.text("SERVICE_ID") or "db-service",
-        release_id=source.text("RELEASE_ID"),
-        log_level=source.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
-        log_format=source.choice("LOG_FORMAT", LOG_FORMATS, default_log_format),
-    )
+
+def _base_type(hint: Any) -> Any:
+    """`int` for `int | None`, and so on."""
+    if isinstance(hint, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _parse(name: str, text: str, kind: Any, declared: Field[Any]) -> Any:
+    meta = declared.metadata
+    if kind is URL:
+        return parse_database_url(name, text)
+    if kind is str:
+        choices = meta["choices"]
+        if not choices:
+            return text
+        value = text.upper() if choices[0].isupper() else text.lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: '{text}' is not one of {', '.join(choices)}")
+        return value
+    try:
+        number = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}: '{text}' is not {what}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}: '{text}' is not a finite number")
+    minimum = meta["minimum"] if meta["minimum"] is not None else 0
+    if number < minimum:
+        raise ConfigError(f"{name}: {text} is below the minimum {minimum:g}")
+    if meta["maximum"] is not None and number > meta["maximum"]:
+        raise ConfigError(f"{name}: {text} is above the maximum {meta['maximum']:g}")
+    return number
 
 
 def parse_database_url(name: str, raw: str) -> URL:
@@ -189,53 +291,3 @@ def parse_database_url(name: str, raw: str) -> URL:
     if backend == "sqlite" and driver in ("", "pysqlite"):
         return url
     raise ConfigError(f"{name}: scheme '{backend}' is not supported, use postgresql://")
-
-
-class _Source:
-    """Typed reads of raw string settings; each failure names its variable."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = values
-
-    def text(self, name: str) -> str | None:
-        value = self._values.get(name, "").strip()
-        return value or None
-
-    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
-        value = self.text(name)
-        if value is None:
-            return default
-        normalised = value.upper() if allowed[0].isupper() else value.lower()
-        if normalised not in allowed:
-            raise ConfigError(f"{name}: '{value}' is not one of {', '.join(allowed)}")
-        return normalised
-
-    def number(
-        self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
-    ) -> float:
-        value = self.text(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: '{value}' is not a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name}: '{value}' is not a finite number")
-        if number < minimum:
-            raise ConfigError(f"{name}: {value} is below the minimum {minimum:g}")
-        if maximum is not None and number > maximum:
-            raise ConfigError(f"{name}: {value} is above the maximum {maximum:g}")
-        return number
-
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
-        value = self.text(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{name}: '{value}' is not a whole number") from None
-        if number < minimum:
-            raise ConfigError(f"{name}: {value} is below the minimum {minimum}")
-        return number

@@ -1,23 +1,27 @@
-"""How the service talks to its database: engine options, timeouts and pool accounting.
+"""How the service talks to its database: connection options built once, errors classified once.
 
-Nothing here connects. Engines are created by Flask-SQLAlchemy at start-up and connect lazily, so
-no connection ever exists before gunicorn forks its workers.
+Nothing here connects. Every engine connects lazily, so no connection exists before gunicorn
+forks its workers; every connect is bounded by DB_CONNECT_TIMEOUT_S (service.deadlines).
 """
 
 from __future__ import annotations
 
 import math
-import threading
+import sqlite3
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
+import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import NullPool, QueuePool
 
 from service.config import Settings
+from service.deadlines import DeadlineExceeded, deadline
 
-# TCP keepalives find a peer that vanished (a dead network, a failed-over host) in about a minute
-# instead of the kernel's two hours; tcp_user_timeout bounds unacknowledged writes likewise.
+# Find a peer that vanished in about a minute instead of the kernel's two hours.
 KEEPALIVE_ARGS = {
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -26,83 +30,128 @@ KEEPALIVE_ARGS = {
     "tcp_user_timeout": 30_000,
 }
 
+# What an outage is called in a 503, and what the caller is told.
+OUTAGE_MESSAGES = {
+    "overloaded": "too many requests wait for the database; retry shortly",
+    "timeout": "the database did not answer in time",
+    "database_unavailable": "the database is unavailable",
+}
 
-def engine_options(settings: Settings, *, application_name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for `create_engine` (Flask-SQLAlchemy's SQLALCHEMY_ENGINE_OPTIONS)."""
+
+def connect_args(
+    settings: Settings, url: URL, purpose: str = "", *, statement_timeout_ms: int | None = None
+) -> dict[str, Any]:
+    """The libpq parameters of every connection the service opens (none for SQLite)."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    args: dict[str, Any] = {
+        **KEEPALIVE_ARGS,
+        "connect_timeout": max(1, math.ceil(settings.db_connect_timeout_s)),
+        "application_name": f"{settings.service_id}-{purpose}" if purpose else settings.service_id,
+    }
+    if settings.db_pool == "queue" or statement_timeout_ms is not None:
+        # PgBouncer refuses the `options` start-up parameter: with DB_POOL=null the timeouts are
+        # set per transaction instead (see `prepare_engine`). Migrations connect directly.
+        statement = settings.db_statement_timeout_ms if statement_timeout_ms is None else 0
+        args["options"] = (
+            f"-c statement_timeout={statement} -c lock_timeout={settings.db_lock_timeout_ms}"
+        )
+    return args
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for the app's engine (Flask-SQLAlchemy's SQLALCHEMY_ENGINE_OPTIONS)."""
     if not settings.is_postgresql:
         return {}
-    connect_args: dict[str, Any] = {
-        **KEEPALIVE_ARGS,
-        # libpq counts whole seconds; the wait callback (service.deadlines) bounds it exactly.
-        "connect_timeout": max(1, math.ceil(settings.db_connect_timeout_s)),
-        "application_name": application_name or settings.service_id,
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "connect_args": connect_args(settings, settings.database_url),
     }
-    options: dict[str, Any] = {"pool_pre_ping": True, "connect_args": connect_args}
     if settings.db_pool == "null":
-        # Behind PgBouncer (transaction pooling) or in a serverless function: the app pools
-        # nothing, and the `options` start-up parameter would be refused by PgBouncer, so the
-        # timeouts are set per transaction instead (see `enforce_timeouts_per_transaction`).
-        options["poolclass"] = NullPool
-        return options
-    connect_args["options"] = (
-        f"-c statement_timeout={settings.db_statement_timeout_ms}"
-        f" -c lock_timeout={settings.db_lock_timeout_ms}"
+        return {**options, "poolclass": NullPool}
+    return {
+        **options,
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout_s,
+        "pool_recycle": settings.db_pool_recycle_s,
+    }
+
+
+def create_engine(settings: Settings, url: URL, purpose: str, **args: Any) -> Engine:
+    """An unpooled engine for one job (`flask db wait`, migrations), prepared like the app's."""
+    engine = sqlalchemy.create_engine(
+        url, poolclass=NullPool, connect_args=connect_args(settings, url, purpose, **args)
     )
-    options.update(
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout_s,
-        pool_recycle=settings.db_pool_recycle_s,
-    )
-    return options
+    return prepare_engine(engine, settings)
 
 
-def enforce_timeouts_per_transaction(engine: Engine, settings: Settings) -> None:
-    """Issue `SET LOCAL` timeouts at the start of every transaction (PgBouncer-safe).
+def prepare_engine(engine: Engine, settings: Settings) -> Engine:
+    """Bound every connect of `engine`; with DB_POOL=null also set the timeouts per transaction."""
+    if engine.dialect.name != "postgresql":
+        return engine
 
-    Used with DB_POOL=null, where the timeouts cannot travel as start-up parameters. The raw DBAPI
-    cursor is used on purpose: it opens the transaction the statement then belongs to, without
-    re-entering SQLAlchemy's own begin.
-    """
-    statement = (
-        f"SET LOCAL statement_timeout = {settings.db_statement_timeout_ms};"
-        f" SET LOCAL lock_timeout = {settings.db_lock_timeout_ms}"
-    )
+    @event.listens_for(engine, "do_connect")
+    def _bounded_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        with deadline(settings.db_connect_timeout_s):
+            return dialect.connect(*cargs, **cparams)
 
-    @event.listens_for(engine, "begin")
-    def _set_local_timeouts(connection: Any) -> None:
-        dbapi_connection = connection.connection.dbapi_connection
-        if getattr(dbapi_connection, "autocommit", False):
-            return  # SET LOCAL means nothing outside a transaction block
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(statement)
+    if settings.db_pool == "null":
+        statement = (
+            f"SET LOCAL statement_timeout = {settings.db_statement_timeout_ms};"
+            f" SET LOCAL lock_timeout = {settings.db_lock_timeout_ms}"
+        )
+
+        @event.listens_for(engine, "begin")
+        def _set_local_timeouts(connection: Any) -> None:
+            dbapi_connection = connection.connection.dbapi_connection
+            if getattr(dbapi_connection, "autocommit", False):
+                return  # SET LOCAL means nothing outside a transaction block
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+
+    return engine
 
 
-class PoolGauge:
-    """Counts the connections checked out of an engine's pool, for any pool class."""
-
-    def __init__(self, engine: Engine, capacity: int | None) -> None:
-        self.capacity = capacity
-        self._in_use = 0
-        self._lock = threading.Lock()
-        event.listen(engine, "checkout", self._checked_out)
-        event.listen(engine, "checkin", self._checked_in)
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
-
-    def _checked_out(self, *_: Any) -> None:
-        with self._lock:
-            self._in_use += 1
-
-    def _checked_in(self, *_: Any) -> None:
-        with self._lock:
-            self._in_use = max(0, self._in_use - 1)
+def pool_in_use(engine: Engine) -> int:
+    """Connections checked out of the engine's pool now (0 when it does not pool)."""
+    return engine.pool.checkedout() if isinstance(engine.pool, QueuePool) else 0
 
 
 def pool_capacity(settings: Settings) -> int | None:
-    """How many connections one process may hold, or None when the app does not pool."""
+    """How many connections one worker may hold, or None when the app does not pool."""
     if not settings.is_postgresql or settings.db_pool == "null":
         return None
     return settings.db_pool_size + settings.db_max_overflow
+
+
+def classify(error: BaseException) -> str | None:
+    """Name a database outage ('overloaded', 'timeout', 'database_unavailable'), else None."""
+    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection within DB_POOL_TIMEOUT_S
+        return "overloaded"
+    original = getattr(error, "orig", None) or error
+    timeouts = (DeadlineExceeded, psycopg2.errors.QueryCanceled, psycopg2.errors.LockNotAvailable)
+    if isinstance(original, timeouts):
+        return "timeout"
+    unavailable = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
+    if isinstance(error, unavailable) or isinstance(
+        original, psycopg2.OperationalError | psycopg2.InterfaceError
+    ):
+        return "database_unavailable"
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return "database_unavailable"
+    return None
+
+
+def is_missing_table(error: BaseException) -> bool:
+    """The database answered that a table does not exist (not migrated yet)."""
+    original = getattr(error, "orig", None) or error
+    if getattr(original, "pgcode", None) == "42P01":  # PostgreSQL: undefined_table
+        return True
+    return isinstance(original, sqlite3.OperationalError) and "no such table" in str(original)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of the underlying driver's message (may name hosts: for ops eyes only)."""
+    original = getattr(error, "orig", None) or error
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]

@@ -1,53 +1,48 @@
-"""JSON errors: every failure answers `{"error": {"code", "message"}}`, never HTML or a trace."""
+"""One error shape for every failure: `{"error": {"code", "message"}}`, never HTML or a trace."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
-import psycopg2.errors
-from flask import Flask, Response, jsonify
-from sqlalchemy import exc as sa_exc
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from service.deadlines import DeadlineExceeded
+from service import metrics
+from service.database import OUTAGE_MESSAGES, classify
 
 log = logging.getLogger(__name__)
 
-DATABASE_MESSAGES = {
-    "timeout": "the database did not answer in time",
-    "database_unavailable": "the database is unavailable",
-}
+RETRY_AFTER_S = 1  # what a 503 asks callers to wait before trying again
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify(error={"code": code, "message": message})
-    response.status_code = status
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """The JSON of one error; also written by the gunicorn worker for its own errors."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return json.dumps({"error": error}).encode()
+
+
+def code_for(reason: str) -> str:
+    """`Request Header Fields Too Large` -> `request_header_fields_too_large`."""
+    return reason.lower().replace(" ", "_").replace("'", "").replace("-", "_")
+
+
+def error_response(
+    status: int, code: str, message: str, *, details: dict[str, Any] | None = None
+) -> Response:
+    response = Response(error_body(code, message, details), status, mimetype="application/json")
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
-
-
-def database_error_code(error: BaseException) -> str | None:
-    """Classify an exception as a database outage ('timeout', 'database_unavailable') or None."""
-    if isinstance(error, sa_exc.TimeoutError):  # waited too long for a pooled connection
-        return "timeout"
-    original = getattr(error, "orig", None) or error
-    timeouts = (DeadlineExceeded, psycopg2.errors.QueryCanceled, psycopg2.errors.LockNotAvailable)
-    if isinstance(original, timeouts):
-        return "timeout"
-    if isinstance(
-        error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
-    ):
-        return "database_unavailable"
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return "database_unavailable"
-    if isinstance(original, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-        return "database_unavailable"
-    return None
 
 
 def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_").replace("'", "")
+        code = code_for(error.name or "error")
         response = error_response(error.code or 500, code, error.description or code)
         for name, value in error.get_headers():
             if name.lower() != "content-type":
@@ -56,9 +51,11 @@ def register_errorhandlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unhandled_error(error: Exception) -> Response:
-        code = database_error_code(error)
-        if code is not None:
-            log.warning("database error: %s (%s)", code, type(error).__name__)
-            return error_response(503, code, DATABASE_MESSAGES[code])
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error")
+        code = classify(error)
+        if code is None:
+            log.exception("unhandled error")
+            return error_response(500, "internal_error", "internal server error")
+        log.warning("database outage: %s (%s)", code, type(error).__name__)
+        if code == "overloaded":
+            metrics.count_shed()
+        return error_response(503, code, OUTAGE_MESSAGES[code])

@@ -5,8 +5,9 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
-# PostgreSQL's own default names, so that every constraint we create is named exactly as Better
-# Auth's migrator (which names none of them) would have it, on PostgreSQL and SQLite alike.
+from service.metrics import Metrics
+
+# PostgreSQL's own default names: every constraint is named as Better Auth's migrator would have it.
 NAMING_CONVENTION = {
     "pk": "%(table_name)s_pkey",
     "uq": "%(table_name)s_%(column_0_N_name)s_key",
@@ -24,3 +25,4 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
+metrics = Metrics()

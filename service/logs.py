@@ -1,9 +1,4 @@
-"""Logging: JSON lines in production, readable lines in development, secrets never shown.
-
-Every line carries the id of the request it belongs to (`request_id`, "-" outside a request).
-Every formatted line, traceback included, passes through `Redactor`, which masks the password of
-any URL and each configured secret: a password cannot reach a log line by any path.
-"""
+"""Logging and request ids: JSON lines in production, text in development, secrets never shown."""
 
 from __future__ import annotations
 
@@ -12,13 +7,16 @@ import logging
 import logging.config
 import re
 import sys
+import uuid
 from collections.abc import Iterable
 
-from flask import g, has_request_context
+from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
 from service.config import Settings
 
+REQUEST_ID_HEADER = "X-Request-ID"
+_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(name)s] [%(request_id)s] %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s"
 
@@ -92,3 +90,23 @@ def configure_logging(settings: Settings) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+
+
+def request_id_from(incoming: str | None) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a new one."""
+    if incoming and _ACCEPTABLE_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def register_request_ids(app: Flask) -> None:
+    """Give every request an id, on its log lines and in its X-Request-ID response header."""
+
+    @app.before_request
+    def assign_request_id() -> None:
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+
+    @app.after_request
+    def return_request_id(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        return response

@@ -24,10 +24,11 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from service import create_app
+from service.config import variables
 from service.extensions import db
 from tests.openapi import ConformingClient
 from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import ServerProcess, free_port
+from tests.support.processes import ServerProcess, free_port, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -41,14 +42,7 @@ FAST_HEALTH = {
 }
 
 # Variables of the service that a developer's shell may hold; tests set what they need.
-SERVICE_VARIABLES = (
-    "APP_ENV", "DATABASE_URL", "MIGRATION_DATABASE_URL", "SECRET_KEY", "OPS_TOKEN", "DB_POOL",
-    "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "DB_POOL_TIMEOUT_S", "DB_POOL_RECYCLE_S",
-    "DB_CONNECT_TIMEOUT_S", "DB_STATEMENT_TIMEOUT_MS", "DB_LOCK_TIMEOUT_MS", "DB_DEADLINE_S",
-    "DB_MIGRATION_LOCK_TIMEOUT_S", "HEALTH_CHECK_INTERVAL_S", "HEALTH_STALE_AFTER_S",
-    "HEALTH_CHECK_TIMEOUT_S", "HEALTH_WARN_LATENCY_MS", "HEALTH_WARN_POOL_RATIO", "LOG_LEVEL",
-    "LOG_FORMAT", "SERVICE_ID", "RELEASE_ID", "WEB_CONCURRENCY", "PORT", "HOST",
-)  # fmt: skip
+SERVICE_VARIABLES = tuple(name for name, _ in variables())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -247,6 +241,8 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
         servers.append(process)
         base_url = f"http://127.0.0.1:{port}"
         process.wait_http_ok(f"{base_url}/api/health/live", timeout=30)
+        # Each worker builds its app after the fork: wait until every one has.
+        wait_for(lambda: process.log_text().count("service ready") >= workers, 30)
         return process, base_url
 
     yield start

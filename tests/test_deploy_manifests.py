@@ -151,7 +151,9 @@ def test_probe_timings_are_sane() -> None:
 
 
 def prestop_sleep_seconds(c: dict[str, Any]) -> int:
-    pre_stop = c["lifecycle"]["preStop"]
+    pre_stop = c.get("lifecycle", {}).get("preStop")
+    if pre_stop is None:
+        return 0
     if "sleep" in pre_stop:
         return int(pre_stop["sleep"]["seconds"])
     command = pre_stop["exec"]["command"]
@@ -171,21 +173,24 @@ def gunicorn_settings_for(env: dict[str, str], tmp_path: Path) -> dict[str, Any]
     }
     script = (
         "import json, runpy; s = runpy.run_path('gunicorn.conf.py'); "
-        "print(json.dumps({k: s[k] for k in ('graceful_timeout', 'timeout', 'workers')}))"
+        "print(json.dumps({k: s[k] for k in ('graceful_timeout', 'timeout', 'workers')}"
+        " | {'drain': s['settings'].shutdown_drain_s}))"
     )
     result = run_command([sys.executable, "-c", script], {**placeholders, **env}, timeout=30)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_termination_grace_covers_prestop_sleep_and_gunicorn_graceful_timeout(
+def test_termination_grace_covers_the_drain_and_gunicorn_graceful_timeout(
     tmp_path: Path,
 ) -> None:
+    """SIGTERM at once (no preStop), the service's own drain, then SIGKILL only after it all."""
     api = container(API)
     grace = pod_spec(API)["terminationGracePeriodSeconds"]
     sleep = prestop_sleep_seconds(api)
     settings = gunicorn_settings_for(literal_env(api), tmp_path)
-    assert 0 < sleep < grace
+    assert sleep == 0, "the drain replaces a preStop sleep"
+    assert 0 < settings["drain"] < settings["graceful_timeout"]
     assert grace >= sleep + settings["graceful_timeout"], (
         f"SIGKILL after {grace}s, but draining takes {sleep}s + {settings['graceful_timeout']}s"
     )

@@ -22,7 +22,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
-from service.health.monitor import MEDIA_TYPE
+from service.health.report import MEDIA_TYPE
 from service.schema import SchemaVersions, head_revision
 from tests.conftest import AppFactory, DatabaseFactory, migrate
 from tests.support.pgcluster import TemporaryCluster
@@ -183,10 +183,12 @@ def test_unmigrated_database_is_schema_outdated_and_fails_health(
     response = client.get("/api/db/test")
     assert response.status_code == 503
     body = body_json(response)
-    assert body["status"] == "error"
     assert body["error"]["code"] == "schema_outdated"
-    assert body["migrations"] == {"current": None, "head": head_revision()}
-    assert body["tables"] == dict.fromkeys(("user", "session", "account", "verification"), False)
+    assert body["error"]["message"] == "the schema is not at the migrations' head"
+    assert response.headers["Retry-After"] == "1"
+    details = body["error"]["details"]
+    assert details["migrations"] == {"current": None, "head": head_revision()}
+    assert details["tables"] == dict.fromkeys(("user", "session", "account", "verification"), False)
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
     assert health.status_code == 503
@@ -207,14 +209,17 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     """New code deployed before its migration ran: the database is behind, not ready."""
     newer_code = SchemaVersions(head="0002_next", known=frozenset({"0001", "0002_next"}))
     monkeypatch.setattr("service.health.monitor.schema_versions", lambda: newer_code)
-    monkeypatch.setattr("service.dbcheck.routes.schema_versions", lambda: newer_code)
+    monkeypatch.setattr("service.db.schema_versions", lambda: newer_code)
     client = make_app().test_client()
 
     response = client.get("/api/db/test")
     assert response.status_code == 503
     body = body_json(response)
     assert body["error"]["code"] == "schema_outdated"
-    assert body["migrations"] == {"current": head_revision(), "head": "0002_next"}
+    assert body["error"]["details"]["migrations"] == {
+        "current": head_revision(),
+        "head": "0002_next",
+    }
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
     assert health.status_code == 503

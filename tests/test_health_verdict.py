@@ -73,7 +73,7 @@ def failed(age_s: float = 0.1, failure: str = "timeout", detail: str | None = No
 def snapshot(latest: Observation, last_answer: Observation | None = None) -> Snapshot:
     """A snapshot whose last answer is `latest` when it answered, else `last_answer`."""
     answer = latest if latest.answered else last_answer
-    return Snapshot(latest=latest, last_answer=answer, generation=7)
+    return Snapshot(latest=latest, last_answer=answer)
 
 
 # ------------------------------------------------------------------------------------ assess

@@ -33,7 +33,7 @@ def test_a_requests_id_is_in_each_of_its_log_lines(
     assert response.status_code == 503
     assert response.headers["X-Request-ID"] == "req-abc-123"
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    during = [r for r in records if "database test failed" in r["message"]]
+    during = [r for r in records if "database outage" in r["message"]]
     assert during and all(r["request_id"] == "req-abc-123" for r in during)
     outside = [r for r in records if "service ready" in r["message"]]
     assert outside and outside[0]["request_id"] == "-"
@@ -82,7 +82,7 @@ def test_no_password_in_any_output_when_the_database_is_unreachable(
             response = requests.get(f"{base}{path}", headers=auth, timeout=10)
             assert response.status_code in (200, 404, 503)
             assert PASSWORD not in response.text
-        wait_for(lambda p=process: "database test failed" in p.log_text(), 5)
+        wait_for(lambda p=process: "database outage" in p.log_text(), 5)
         time.sleep(0.5)  # a few failed background checks
         process.terminate(timeout=15)
         outputs[f"gunicorn {log_format}"] = process.log_text()
@@ -98,7 +98,7 @@ def test_no_password_in_any_output_when_the_database_is_unreachable(
         assert "svc_user:***@" in output, f"{name} does not say which database (masked)"
     # The failing request's lines carry its id: the app's warning and gunicorn's access line.
     text_lines = [line for line in outputs["gunicorn text"].splitlines() if "[no-pw-text]" in line]
-    assert any("database test failed" in line for line in text_lines)
+    assert any("database outage" in line for line in text_lines)
     assert any(
         '[gunicorn.access] [no-pw-text] 127.0.0.1 "GET /api/db/test' in line for line in text_lines
     )

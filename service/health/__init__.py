@@ -1,24 +1,40 @@
-"""The `health` blueprint: liveness, readiness and the load balancers' health report."""
+"""The `health` blueprint: liveness, readiness and the load balancers' health report.
+
+None of the views touches the database: they read the background checker's latest look.
+"""
 
 from __future__ import annotations
 
-import atexit
+from flask import Blueprint, Response, current_app, request
 
-from flask import Blueprint, Flask
-
-from service.config import Settings
-from service.database import PoolGauge
+from service.health.report import MEDIA_TYPE
+from service.security import is_ops_caller
 
 bp = Blueprint("health", __name__, url_prefix="/api/health")
 
 
-def init_app(app: Flask, settings: Settings, pool_gauge: PoolGauge, version: str) -> None:
-    """Create the app's health monitor; its checker thread starts on first use in a process."""
-    from service.health.monitor import HealthMonitor
+def _respond(probe: str) -> Response:
+    monitor = current_app.extensions["health"]
+    include_output = is_ops_caller(request, monitor.settings)
+    status, body, cache_control = monitor.respond(probe, include_output=include_output)
+    response = Response(body, status=status, mimetype=MEDIA_TYPE)
+    response.headers["Cache-Control"] = cache_control
+    return response
 
-    monitor = HealthMonitor(settings, pool_gauge, version)
-    app.extensions["health"] = monitor
-    atexit.register(monitor.stop)
+
+@bp.get("/live")
+def live() -> Response:
+    """Liveness: the process serves requests. Never depends on the database."""
+    return _respond("live")
 
 
-from service.health import routes  # noqa: E402, F401 - attaches the views to bp
+@bp.get("/ready")
+def ready() -> Response:
+    """Readiness: the database answers, the schema is not behind, the process is not draining."""
+    return _respond("ready")
+
+
+@bp.get("")
+def health() -> Response:
+    """The load balancers' endpoint: readiness's verdict with the full report."""
+    return _respond("health")

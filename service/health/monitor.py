@@ -1,41 +1,31 @@
-"""Glue between the checker and the endpoints: verdicts, rendered bodies, status-change logs."""
+"""The app's health: the checker's latest look, judged now, answered from memory."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 from service.config import Settings
-from service.database import PoolGauge
-from service.health.checker import DatabaseProbe, HealthChecker, Snapshot
-from service.health.report import MEDIA_TYPE, Verdict, assess, health_document
+from service.health.checker import DatabaseProbe, HealthChecker, Observation, Snapshot
+from service.health.report import Verdict, assess, health_document
 from service.schema import schema_versions
 
 log = logging.getLogger(__name__)
 
 FIRST_RESULT_WAIT_S = 0.5  # a process's very first probe may wait this long for a first look
-LIVE_BODY = json.dumps({"status": "pass"}).encode()
-PROBES = ("live", "ready", "health")  # what respond() answers
 
 
 class HealthMonitor:
-    """One per app: owns the checker and answers `verdict()` and `report()` from memory."""
+    """One per app: owns the checker, the drain state and the answers of the three probes."""
 
-    def __init__(self, settings: Settings, pool_gauge: PoolGauge, version: str) -> None:
+    def __init__(self, settings: Settings, probe: DatabaseProbe, version: str) -> None:
         self.settings = settings
         self.version = version
         self.schema = schema_versions()
-        self.checker = HealthChecker(
-            DatabaseProbe(settings, pool_gauge),
-            settings.health_check_interval_s,
-            on_snapshot=self._log_changes,
-        )
-        self._logged_verdict: Verdict | None = None
-        self._rendered: dict[tuple[int, Verdict, bool], bytes] = {}
-        self._ready_bodies: dict[Verdict, bytes] = {}  # few: one per distinct verdict
-        self._render_lock = threading.Lock()
+        self.checker = HealthChecker(probe, settings.health_check_interval_s, self._log_change)
+        self.draining = False
+        self._logged: Verdict | None = None
         interval = settings.health_check_interval_s
         self.cache_control = f"max-age={int(interval)}" if interval >= 1 else "no-cache"
 
@@ -43,40 +33,22 @@ class HealthMonitor:
         """The latest snapshot and its verdict now; starts the checker in this process."""
         self.checker.ensure_running()
         if self.checker.snapshot is None:
-            self.checker.wait_for_first(
-                min(FIRST_RESULT_WAIT_S, self.settings.health_check_timeout_s)
-            )
+            wait_s = min(FIRST_RESULT_WAIT_S, self.settings.health_check_timeout_s)
+            self.checker.wait_for_first(wait_s)
         snapshot = self.checker.snapshot
-        return snapshot, assess(snapshot, time.monotonic(), self.schema, self.settings)
+        now = time.monotonic()
+        return snapshot, assess(snapshot, now, self.schema, self.settings, draining=self.draining)
 
     def respond(self, probe: str, *, include_output: bool) -> tuple[int, bytes, str]:
-        """(HTTP status, JSON body, Cache-Control) of a probe, from memory only.
-
-        The one implementation behind both the Flask views and the WSGI fast path, so the two
-        cannot answer differently.
-        """
+        """(HTTP status, JSON body, Cache-Control) of `live`, `ready` or `health`, from memory."""
         if probe == "live":
-            return 200, LIVE_BODY, "no-store"
-        if probe == "ready":
-            _, verdict = self.current()
-            body = self._ready_bodies.get(verdict)
-            if body is None:
-                document: dict[str, object] = {"status": verdict.status}
-                if verdict.reasons:
-                    document["notes"] = list(verdict.reasons)
-                body = self._ready_bodies.setdefault(verdict, json.dumps(document).encode())
-            return verdict.http_status, body, self.cache_control
-        body, verdict = self.report(include_output=include_output)
-        private = include_output and self.settings.is_production
-        cache_control = f"private, {self.cache_control}" if private else self.cache_control
-        return verdict.http_status, body, cache_control
-
-    def report(self, *, include_output: bool) -> tuple[bytes, Verdict]:
-        """The health document as JSON bytes, rendered once per snapshot and verdict."""
+            return 200, b'{"status": "pass"}', "no-store"
         snapshot, verdict = self.current()
-        key = (snapshot.generation if snapshot else 0, verdict, include_output)
-        body = self._rendered.get(key)
-        if body is None:
+        if probe == "ready":
+            document: dict[str, object] = {"status": verdict.status}
+            if verdict.reasons:
+                document["notes"] = list(verdict.reasons)
+        else:
             document = health_document(
                 snapshot,
                 verdict,
@@ -85,25 +57,27 @@ class HealthMonitor:
                 version=self.version,
                 include_output=include_output,
             )
-            body = json.dumps(document, separators=(",", ":")).encode()
-            with self._render_lock:
-                if len(self._rendered) > 16:  # only the latest generations matter
-                    self._rendered.clear()
-                self._rendered[key] = body
-        return body, verdict
+        cache_control = self.cache_control
+        if probe == "health" and include_output and self.settings.is_production:
+            cache_control = f"private, {cache_control}"
+        return verdict.http_status, json.dumps(document).encode(), cache_control
+
+    def drain(self) -> None:
+        """Fail readiness from now on, so load balancers stop sending before the process stops."""
+        self.draining = True
+        log.info("draining: readiness fails from now on")
 
     def stop(self) -> None:
         self.checker.stop()
 
-    def _log_changes(self, snapshot: Snapshot) -> None:
+    def _log_change(self, snapshot: Snapshot) -> None:
         verdict = assess(snapshot, time.monotonic(), self.schema, self.settings)
-        previous = self._logged_verdict
+        previous = self._logged
         if previous is not None and previous.status == verdict.status:
             return
-        self._logged_verdict = verdict
-        level = logging.INFO if verdict.status == "pass" else logging.WARNING
+        self._logged = verdict
         log.log(
-            level,
+            logging.INFO if verdict.status == "pass" else logging.WARNING,
             "health status %s -> %s (%s)",
             previous.status if previous else "unknown",
             verdict.status,
@@ -111,4 +85,4 @@ class HealthMonitor:
         )
 
 
-__all__ = ["MEDIA_TYPE", "HealthMonitor"]
+__all__ = ["HealthMonitor", "Observation"]

@@ -1,8 +1,4 @@
-"""The health verdict and its report in the IETF health check format (application/health+json).
-
-`assess` is pure: the same snapshot and clock always give the same verdict, which keeps the rules
-testable without a database. See draft-inadarei-api-health-check for the format.
-"""
+"""The health verdict (pure) and its report in the IETF health check format."""
 
 from __future__ import annotations
 
@@ -28,16 +24,23 @@ class Verdict:
 
 
 def assess(
-    snapshot: Snapshot | None, now: float, schema: SchemaVersions, settings: Settings
+    snapshot: Snapshot | None,
+    now: float,
+    schema: SchemaVersions,
+    settings: Settings,
+    *,
+    draining: bool = False,
 ) -> Verdict:
     """Judge readiness from the checker's snapshot at monotonic time `now`.
 
-    fail: no answer from the database for HEALTH_STALE_AFTER_S, or the schema is missing or
-    behind this code's head.
+    fail: the process is draining before it stops, no answer from the database for
+    HEALTH_STALE_AFTER_S, or the schema is missing or behind this code's head.
     warn: it answers, but the last check failed (tolerated until stale), it is slower than
     HEALTH_WARN_LATENCY_MS, the pool is nearly exhausted, or the schema is ahead of this code
     (a newer release migrated it: old replicas keep serving during a rolling deploy).
     """
+    if draining:
+        return Verdict("fail", ("draining",))
     if snapshot is None:
         return Verdict("fail", ("starting",))
     latest, answer = snapshot.latest, snapshot.last_answer

@@ -1,0 +1,208 @@
+"""How gunicorn runs the service: its worker, its log lines and the master's hooks.
+
+The worker is gevent's, plus three things gunicorn lacks: a drain before a graceful stop, a
+deadline on request heads, and errors in the service's JSON shape. Why: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from typing import Any
+
+import gevent
+from gunicorn import util
+from gunicorn.glogging import Logger
+from gunicorn.workers.ggevent import GeventWorker
+
+import service
+from service.config import Settings
+from service.errors import code_for, error_body
+from service.logs import RequestIdFilter, build_formatter
+from service.metrics import Metrics
+
+QUIET_PATHS = ("/api/health", "/metrics")  # probes and scrapes get no access line
+IDLE_SWEEP_S = 0.5
+
+
+class RequestHeadTimeout(Exception):
+    """The request line and headers did not arrive within REQUEST_HEAD_TIMEOUT_S."""
+
+
+class Worker(GeventWorker):
+    """gevent worker that drains on SIGTERM, bounds request heads and answers errors in JSON."""
+
+    settings: Settings  # set by gunicorn.conf.py, which loads them in the master
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draining = False
+        self.connections: set[_Connection] = set()
+
+    def init_process(self) -> None:
+        util.write_error = write_json_error  # gunicorn's own errors, in the service's shape
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        service.start_serving(self.wsgi)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            service.stop_serving(self.wsgi)
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        if self.cfg.is_ssl:  # TLS is terminated in front of the service; keep gunicorn's path
+            return super().handle(listener, client, addr)
+        connection = _Connection(client, self.settings.request_head_timeout_s)
+        self.connections.add(connection)
+        try:
+            super().handle(listener, connection, addr)
+        finally:
+            connection.stop_timer()
+            self.connections.discard(connection)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        if isinstance(sock, _Connection):
+            sock.head_received()
+        if self.draining:
+            req.must_close = True  # `Connection: close`: clients move to other instances
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if isinstance(sock, _Connection):
+                sock.expect_head()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: drain, then stop as gunicorn does (finish in-flight requests)."""
+        if not self.draining:
+            self.draining = True
+            gevent.spawn(self._drain_then_stop)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, gevent.GreenletExit):
+            return  # an idle keep-alive connection closed at shutdown
+        if isinstance(exc, RequestHeadTimeout):
+            self.log.info("request head timed out from %s", addr[0] if addr else "-")
+            write_json_error(client, 408, "Request Timeout", str(exc))
+            return
+        super().handle_error(req, client, addr, exc)
+
+    def _drain_then_stop(self) -> None:
+        service.drain(self.wsgi)
+        gevent.sleep(self.settings.shutdown_drain_s)
+        self.alive = False  # gunicorn's loop closes the listeners and waits for in-flight work
+        while True:  # connections waiting for a next request that will not come
+            for connection in list(self.connections):
+                if connection.idle:
+                    connection.greenlet.kill(block=False)
+            gevent.sleep(IDLE_SWEEP_S)
+
+
+class _Connection:
+    """A client socket whose request heads must arrive within a limit of their first byte."""
+
+    def __init__(self, sock: socket.socket, limit_s: float) -> None:
+        self._sock = sock
+        self._limit_s = limit_s
+        self._timer: gevent.Timeout | None = None
+        self._between_requests = True
+        self.greenlet = gevent.getcurrent()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request of which no byte has arrived."""
+        return self._between_requests and self._timer is None
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        data = self._sock.recv(size, *flags)
+        if data and self._between_requests and self._timer is None:
+            message = "the request head did not arrive in time"
+            self._timer = gevent.Timeout.start_new(self._limit_s, RequestHeadTimeout(message))
+        return data
+
+    def head_received(self) -> None:
+        self._between_requests = False
+        self.stop_timer()
+
+    def expect_head(self) -> None:
+        self._between_requests = True
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in the service's error shape."""
+    code = "internal_error" if status == 500 else code_for(reason)
+    body = error_body(code, message or reason)
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class ServiceLogger(Logger):
+    """gunicorn's lines in the app's format and redaction; no access lines for probes."""
+
+    settings: Settings  # set by gunicorn.conf.py, which loads them in the master
+
+    def setup(self, cfg: Any) -> None:
+        """At start and on every reload (SIGHUP) gunicorn rebuilds its handlers: dress them."""
+        super().setup(cfg)
+        formatter = build_formatter(str(self.settings.log_format), self.settings.secrets)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(formatter)
+                    handler.addFilter(RequestIdFilter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
+        """One structured record per request; the query string is left out (it may hold secrets)."""
+        path = environ.get("PATH_INFO", "")
+        if not self.access_log_enabled or any(
+            path == quiet or path.startswith(quiet + "/") for quiet in QUIET_PATHS
+        ):
+            return
+        status = str(getattr(resp, "status", "") or "-").split(" ", 1)[0]
+        fields = {
+            "request_id": _header(resp, "x-request-id") or environ.get("HTTP_X_REQUEST_ID", "-"),
+            "http_method": environ.get("REQUEST_METHOD", "-"),
+            "path": path,
+            "status": int(status) if status.isdigit() else status,
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "bytes_sent": getattr(resp, "sent", None),
+            "remote_addr": environ.get("REMOTE_ADDR", "-"),
+            "user_agent": environ.get("HTTP_USER_AGENT", "-"),
+        }
+        self.access_log.info(
+            '%s "%s %s %s" %s %s %.1fms',
+            fields["remote_addr"],
+            fields["http_method"],
+            path,
+            environ.get("SERVER_PROTOCOL", "-"),
+            fields["status"],
+            fields["bytes_sent"],
+            fields["duration_ms"],
+            extra=fields,
+        )
+
+
+def _header(resp: Any, name: str) -> str | None:
+    for key, value in getattr(resp, "headers", None) or ():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def forget_worker(pid: int) -> None:
+    """In the master, when a worker has exited: drop its live gauges."""
+    Metrics.forget_process(pid)
