@@ -15,7 +15,7 @@ import pytest
 
 from service.extensions import db
 from service.models import User
-from tests.conftest import PROJECT_ROOT, migrate
+from tests.support.service import PROJECT_ROOT, migrate
 
 HARNESS = PROJECT_ROOT / "tests" / "better_auth"
 

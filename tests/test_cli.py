@@ -11,9 +11,9 @@ import pytest
 from flask.testing import FlaskCliRunner
 
 from service.cli import DatabaseNotReady, wait_for_database
-from tests.conftest import PROJECT_ROOT, SERVICE_VARIABLES, AppFactory, run_flask
 from tests.support.pgcluster import TemporaryCluster
 from tests.support.processes import free_port
+from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, AppFactory, run_flask
 
 PASSWORD = "wait-pw-51c0ffee"
 

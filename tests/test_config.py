@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from service.config import ConfigError, Settings, load_settings
-from tests.conftest import run_command, run_flask
+from tests.support.service import run_command, run_flask
 
 PASSWORD = "s3cret-Passw0rd"
 

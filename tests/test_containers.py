@@ -33,8 +33,8 @@ from flask import Flask
 from sqlalchemy.engine import make_url
 
 from service.config import load_settings
-from tests.conftest import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory
 from tests.support.processes import ServerProcess, free_port, wait_for
+from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"

@@ -31,7 +31,7 @@ from psycopg2 import errors, sql
 from sqlalchemy.engine import make_url
 from werkzeug.exceptions import HTTPException
 
-from tests.conftest import ADMIN_URL, PROJECT_ROOT, AppFactory, admin_execute, run_command
+from tests.support.service import ADMIN_URL, PROJECT_ROOT, AppFactory, admin_execute, run_command
 from tests.test_containers import (
     SECRET_NAME,
     compose_source,

@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 import requests
 
-from tests.conftest import ADMIN_URL, FAST_HEALTH, ServerFactory
 from tests.support.processes import children_of, wait_for
+from tests.support.service import ADMIN_URL, FAST_HEALTH, ServerFactory
 
 pytestmark = pytest.mark.slow
 

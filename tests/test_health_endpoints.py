@@ -24,8 +24,8 @@ from werkzeug.test import TestResponse
 
 from service.health.report import MEDIA_TYPE
 from service.schema import SchemaVersions, head_revision
-from tests.conftest import AppFactory, DatabaseFactory, migrate
 from tests.support.pgcluster import TemporaryCluster
+from tests.support.service import AppFactory, DatabaseFactory, migrate
 
 OPS_TOKEN = "ops-token-" + "7" * 24
 PRODUCTION = {

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
 from service.extensions import db
-from tests.conftest import FAST_HEALTH, AppFactory, ServerFactory
 from tests.support.processes import children_of, free_port, wait_for
+from tests.support.service import FAST_HEALTH, AppFactory, ServerFactory
 
 OPS_TOKEN = "metrics-ops-token-0123456789"
 PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "s" * 64}

@@ -17,8 +17,8 @@ import psycopg2
 import pytest
 
 from service.schema import head_revision
-from tests.conftest import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory, run_flask
 from tests.support.processes import wait_for
+from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory, run_flask
 
 MIGRATION_LOCK_KEY = 0x6D696772617465  # migrations/env.py
 UPGRADERS = 8

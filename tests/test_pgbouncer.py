@@ -24,8 +24,8 @@ from sqlalchemy.exc import OperationalError
 
 from service.extensions import db
 from service.schema import head_revision
-from tests.conftest import ADMIN_URL, FAST_HEALTH, AppFactory, ServerFactory
 from tests.support.pgbouncer import PgBouncer
+from tests.support.service import ADMIN_URL, FAST_HEALTH, AppFactory, ServerFactory
 
 AUTH_TABLES = '"user", session, account, verification'
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ServerFactory
 from tests.support.pgcluster import TemporaryCluster
 from tests.support.processes import children_of, wait_for
+from tests.support.service import ServerFactory
 
 pytestmark = pytest.mark.slow
 
