@@ -41,15 +41,8 @@ class WaitResult:
 
 
 def register_commands(app: Flask) -> None:
-    """Add `wait` to Flask-Migrate's `db` group (Migrate.init_app adds the group to app.cli).
-
-    The group is one shared click object; adding the same command again is harmless.
-    """
-    group = app.cli.commands.get("db")
-    if isinstance(group, click.Group):
-        group.add_command(wait_command)
-    else:  # pragma: no cover - Flask-Migrate always registers it; keep the command reachable
-        app.cli.add_command(click.Group("db", commands=[wait_command]))
+    """Add `wait` to Flask-Migrate's `db` group (one shared click group: adding twice is fine)."""
+    app.cli.commands["db"].add_command(wait_command)  # type: ignore[attr-defined]
 
 
 def wait_for_database(

@@ -50,21 +50,13 @@ class Settings:
         choices=("development", "test", "production"),
     )
     database_url: URL | None = setting(
-        None, "postgresql:// URL; unset: SQLite in instance/ (not in production)", secret=True
+        None, "unset: SQLite in instance/ (not in production)", secret=True
     )
-    migration_database_url: URL | None = setting(
-        None, "where `flask db upgrade` connects; unset: DATABASE_URL", secret=True
-    )
-    secret_key: str | None = setting(
-        None, "required in production; unset: random per start", secret=True
-    )
-    ops_token: str | None = setting(
-        None, "bearer token (16+ characters) for ops endpoints in production", secret=True
-    )
-    service_id: str = setting(
-        "db-service", "reported by /api/health; the connections' application_name"
-    )
-    release_id: str | None = setting(None, "reported by /api/health; unset: the package version")
+    migration_database_url: URL | None = setting(None, "for `flask db upgrade`", secret=True)
+    secret_key: str | None = setting(None, "required in production", secret=True)
+    ops_token: str | None = setting(None, "bearer token for ops endpoints", secret=True)
+    service_id: str = setting("db-service", "in /api/health and application_name")
+    release_id: str | None = setting(None, "in /api/health; unset: the package version")
     log_level: str = setting(
         "INFO", "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
@@ -79,45 +71,29 @@ class Settings:
     )
     db_pool_size: int = setting(5, "pooled connections per worker", minimum=1)
     db_max_overflow: int = setting(5, "connections per worker above the pool size in a burst")
-    db_pool_timeout_s: float = setting(
-        1.0, "longest wait for a pooled connection before 503 overloaded"
-    )
+    db_pool_timeout_s: float = setting(1.0, "longest wait for a pooled connection")
     db_pool_recycle_s: int = setting(1800, "replace connections older than this")
     db_connect_timeout_s: float = setting(2.0, "connecting, enforced client-side", minimum=0.1)
     db_statement_timeout_ms: int = setting(2000, "server-side limit of a statement")
     db_lock_timeout_ms: int = setting(1000, "server-side limit of a lock wait")
-    db_deadline_s: float = setting(
-        2.0, "client-side limit on all database work of /api/db/test", minimum=0.1
-    )
-    db_migration_lock_timeout_s: float = setting(
-        300.0, "how long `flask db upgrade` waits for another replica's migration"
-    )
+    db_deadline_s: float = setting(2.0, "client-side bound of /api/db/test", minimum=0.1)
+    db_migration_lock_timeout_s: float = setting(300.0, "wait for another migration's lock")
     db_wait_timeout_s: float = setting(60.0, "how long `flask db wait` retries")
     # Health
-    health_check_interval_s: float = setting(
-        1.0, "how often each worker's checker observes the database", minimum=0.05
-    )
-    health_stale_after_s: float = setting(
-        3.0, "readiness fails when the last answer is older", minimum=0.1
-    )
+    health_check_interval_s: float = setting(1.0, "between two checks", minimum=0.05)
+    health_stale_after_s: float = setting(3.0, "an older answer fails readiness", minimum=0.1)
     health_check_timeout_s: float = setting(1.0, "deadline of one check", minimum=0.05)
     health_warn_latency_ms: float = setting(250.0, "a slower check is warn")
     health_warn_pool_ratio: float = setting(0.9, "a fuller pool is warn", maximum=1.0)
     # The server (gunicorn.conf.py)
     host: str = setting("0.0.0.0", "address gunicorn binds")  # noqa: S104 - a container serves all
     port: int = setting(8000, "port gunicorn binds", minimum=1, maximum=65535)
-    web_concurrency: int | None = setting(
-        None, "gunicorn workers; unset: one per core, at least 2", minimum=1
-    )
-    gunicorn_worker_connections: int = setting(
-        1000, "connections one worker holds at most", minimum=1
-    )
+    web_concurrency: int | None = setting(None, "workers; unset: cores, at least 2", minimum=1)
+    gunicorn_worker_connections: int = setting(1000, "connections per worker", minimum=1)
     gunicorn_timeout: int = setting(30, "a worker silent this long is killed", minimum=1)
     gunicorn_graceful_timeout: int = setting(20, "bound of a shutdown, drain included", minimum=1)
     gunicorn_keepalive: int = setting(75, "idle keep-alive; above a load balancer's idle timeout")
-    gunicorn_max_requests: int = setting(
-        100000, "recycle a worker after this many requests (0: never)"
-    )
+    gunicorn_max_requests: int = setting(100000, "recycle a worker after so many (0: never)")
     gunicorn_max_requests_jitter: int = setting(10000, "spread of the recycling")
     gunicorn_worker_tmp_dir: str = setting("/dev/shm", "heartbeat files, on tmpfs")  # noqa: S108
     gunicorn_access_log: str = setting("-", "'-' stdout, a file, or 'off'; probes are never logged")
@@ -127,9 +103,7 @@ class Settings:
     )
     forwarded_allow_ips: str = setting("127.0.0.1,::1", "proxies whose X-Forwarded-* are trusted")
     shutdown_drain_s: float = setting(5.0, "after SIGTERM, readiness fails this long while serving")
-    request_head_timeout_s: float = setting(
-        10.0, "a request's line and headers must arrive within this", minimum=0.1
-    )
+    request_head_timeout_s: float = setting(10.0, "for a request's head", minimum=0.1)
     # After loading, database_url and migration_database_url are never None.
     # Derived at load time, not read from the environment
     database_is_default: bool = field(default=False, metadata={"derived": True})

@@ -43,8 +43,3 @@ def schema_versions() -> SchemaVersions:
     scripts = ScriptDirectory.from_config(config)
     known = frozenset(script.revision for script in scripts.walk_revisions())
     return SchemaVersions(head=scripts.get_current_head(), known=known)
-
-
-def head_revision() -> str | None:
-    """The revision `flask db upgrade` leads to."""
-    return schema_versions().head

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from service.health.report import MEDIA_TYPE
-from service.schema import SchemaVersions, head_revision
+from service.schema import SchemaVersions, schema_versions
 from tests.support.pgcluster import TemporaryCluster
 from tests.support.service import AppFactory, DatabaseFactory, migrate
 
@@ -107,7 +107,7 @@ def test_ready_and_health_pass_on_a_migrated_database(client: FlaskClient) -> No
     document = body_json(health)
     assert document["status"] == "pass"
     (migrations,) = document["checks"]["migrations:revision"]
-    assert migrations["observedValue"] == migrations["head"] == head_revision()
+    assert migrations["observedValue"] == migrations["head"] == schema_versions().head
     (response_time,) = document["checks"]["postgresql:responseTime"]
     assert response_time["observedUnit"] == "ms" and response_time["observedValue"] >= 0
     ready = client.get("/api/health/ready")
@@ -164,7 +164,7 @@ def test_db_test_reports_the_database_and_leaves_no_row(
     assert body["database"]["name"] == make_url(database_url).database
     assert body["database"]["serverVersion"] == query(database_url, "SHOW server_version")[0][0]
     assert 0 <= body["roundTripMs"] <= body["latencyMs"] < 2000
-    assert body["migrations"] == {"current": head_revision(), "head": head_revision()}
+    assert body["migrations"] == {"current": schema_versions().head, "head": schema_versions().head}
     assert body["tables"] == {"user": True, "session": True, "account": True, "verification": True}
     assert body["writeCheck"] == {"inserted": True, "readBack": True, "rolledBack": True}
     assert count_verification_rows(database_url) == before
@@ -187,7 +187,7 @@ def test_unmigrated_database_is_schema_outdated_and_fails_health(
     assert body["error"]["message"] == "the schema is not at the migrations' head"
     assert response.headers["Retry-After"] == "1"
     details = body["error"]["details"]
-    assert details["migrations"] == {"current": None, "head": head_revision()}
+    assert details["migrations"] == {"current": None, "head": schema_versions().head}
     assert details["tables"] == dict.fromkeys(("user", "session", "account", "verification"), False)
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
@@ -217,7 +217,7 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     body = body_json(response)
     assert body["error"]["code"] == "schema_outdated"
     assert body["error"]["details"]["migrations"] == {
-        "current": head_revision(),
+        "current": schema_versions().head,
         "head": "0002_next",
     }
 
@@ -226,7 +226,7 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     document = body_json(health)
     assert document["notes"] == ["schema_outdated"]
     (migrations,) = document["checks"]["migrations:revision"]
-    assert (migrations["observedValue"], migrations["status"]) == (head_revision(), "fail")
+    assert (migrations["observedValue"], migrations["status"]) == (schema_versions().head, "fail")
 
 
 def test_a_schema_ahead_of_the_code_keeps_serving(
@@ -240,7 +240,10 @@ def test_a_schema_ahead_of_the_code_keeps_serving(
 
     response = client.get("/api/db/test")
     assert response.status_code == 200
-    assert body_json(response)["migrations"] == {"current": "0002_newer", "head": head_revision()}
+    assert body_json(response)["migrations"] == {
+        "current": "0002_newer",
+        "head": schema_versions().head,
+    }
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
     assert health.status_code == 200
@@ -377,7 +380,7 @@ def test_probe_storm_costs_one_query_per_interval(
     database = f"storm_{uuid.uuid4().hex[:8]}"
     url = cluster.create_database(database)
     query(url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
-    query(url, "INSERT INTO alembic_version VALUES (%s)", (head_revision(),))
+    query(url, "INSERT INTO alembic_version VALUES (%s)", (schema_versions().head,))
     wait_until_no_sessions(cluster, database)
     before = transactions(cluster, database)
 

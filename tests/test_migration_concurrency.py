@@ -16,7 +16,7 @@ from contextlib import closing
 import psycopg2
 import pytest
 
-from service.schema import head_revision
+from service.schema import schema_versions
 from tests.support.processes import wait_for
 from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory, run_flask
 
@@ -91,7 +91,7 @@ def test_eight_concurrent_upgrades_all_succeed_and_apply_once(
         assert "Traceback" not in out + err
     applied = [out + err for _, out, err in results if "Running upgrade" in out + err]
     assert len(applied) == 1, "exactly one process applies the migration"
-    assert rows(url, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    assert rows(url, "SELECT version_num FROM alembic_version") == [(schema_versions().head,)]
     # The schema is whole: exactly what a single, ordinary upgrade produces.
     assert rows(url, SCHEMA_SHAPE) == rows(database_url, SCHEMA_SHAPE)
 
