@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The service's image: `docker build -t db-service .`
 #
 # - build stage: a virtual environment at /opt/venv with the pinned requirements. Every pinned
@@ -68,7 +66,7 @@ EXPOSE 8000
 
 # Liveness only (no database): an outage must not mark every container unhealthy and restarted.
 # Python's urllib, because the slim image has no curl; PORT is the variable gunicorn.conf.py binds.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/health/live' % (os.environ.get('PORT') or '8000'), timeout=2)"]
 
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 SYSTEM_TOOLS := pgbouncer:pgbouncer docker-compose:docker-compose pg_dump:postgresql-client \
 	node:nodejs npm:npm wrk:wrk
 
-.PHONY: run test lint format bench system-deps clean
+.PHONY: run test test-containers lint format bench system-deps clean
 
 run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
@@ -23,6 +23,15 @@ test: $(VENV)/.dev system-deps tests/better_auth/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The container tests (tests/test_container_stack.py, marker `containers`, which `make test` leaves
+# out): build the image, run the compose stack on free ports, break it, take it down. They need a
+# Docker engine and docker-compose, not the host's PostgreSQL (hence --noconftest). About a minute.
+test-containers: $(VENV)/.dev
+	@command -v docker >/dev/null && command -v docker-compose >/dev/null || { \
+	  echo "make test-containers: needs docker and docker-compose (v1, or a docker-compose wrapper)"; \
+	  exit 1; }
+	DOCKER_BUILDKIT=0 $(BIN)/pytest -m containers --noconftest tests/test_container_stack.py $(PYTEST_ARGS)
 
 # The benchmark behind docs/performance.md (about 3 minutes; BENCH_ARGS=--smoke for a quick run).
 bench: $(VENV)/.dev system-deps
