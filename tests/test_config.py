@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
 
-from service.config import ConfigError, Settings, load_settings
-from tests.support.service import run_command, run_flask
+from service.config import ConfigError, Settings, load_settings, variables
+from tests.support.service import PROJECT_ROOT, run_command, run_flask
 
 PASSWORD = "s3cret-Passw0rd"
 
@@ -142,3 +143,15 @@ def test_the_real_environment_wins_over_dotenv(tmp_path, monkeypatch):
     )
     loaded = load_settings(instance_path=tmp_path)
     assert (loaded.db_pool_size, loaded.db_max_overflow) == (3, 9)
+
+
+def test_every_setting_is_documented_with_its_declared_default() -> None:
+    """README's table and .env.example follow the declarations in service/config.py."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    env_example = (PROJECT_ROOT / ".env.example").read_text()
+    for name, declared in variables():
+        default = declared.default
+        shown = f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+        shown = "unset" if default is None else shown
+        assert f"| `{name}` | {shown} |" in readme, f"README.md: no row for {name} = {shown}"
+        assert re.search(rf"^(# )?{name}=", env_example, re.MULTILINE), f".env.example: {name}"
