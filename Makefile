@@ -9,9 +9,10 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 # What the suite drives for real, as command:Debian-package: PgBouncer, the compose validator, the
 # PostgreSQL server (throwaway clusters) and client (pg_dump), Node.js for Better Auth, wrk for
-# the benchmark. Commands are checked, not package names: Node often comes from elsewhere.
+# the benchmark, HAProxy for the rolling restart. Commands are checked, not package names: Node
+# often comes from elsewhere.
 SYSTEM_TOOLS := pgbouncer:pgbouncer docker-compose:docker-compose pg_dump:postgresql-client \
-	node:nodejs npm:npm wrk:wrk
+	node:nodejs npm:npm wrk:wrk haproxy:haproxy
 
 .PHONY: run test test-containers lint format bench system-deps clean
 

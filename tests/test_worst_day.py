@@ -1,0 +1,649 @@
+"""The worst day under traffic (issue 10): real gunicorn, real sockets, a really frozen database.
+
+Each test runs the shipped gunicorn.conf.py with production settings and the shipped defaults,
+against a throwaway cluster (never the shared server), and asserts generous bounds: no probe
+over 1 s (p99 under 100 ms), no request left waiting past its deadline, 0 failed requests
+through the load balancer. The exact numbers belong to the benchmark (`python -m bench`).
+
+1. Outage under traffic: the database frozen for 30 s under 200 clients of /api/db/test.
+2. Slow and idle clients: 500 slow-header connections for 60 s plus 1,000 idle keep-alive ones.
+3. Saturation with a healthy database: 200 clients against the default pool.
+4. Rolling restart behind HAProxy with plain SIGTERMs: readiness drains, nothing is lost;
+   SIGINT stays quick.
+5. gunicorn's own errors are JSON in the service's error shape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import PROJECT_ROOT, SERVICE_VARIABLES
+from tests.support.haproxy import HAProxy
+from tests.support.pgcluster import TemporaryCluster
+from tests.support.processes import ServerProcess, children_of, free_port, wait_for
+from tests.support.traffic import (
+    IdleKeepAlive,
+    LoadLoop,
+    Outcome,
+    ProbeSampler,
+    Response,
+    ResponseParser,
+    SlowHeaderClients,
+    build_request,
+    exchange,
+    percentile,
+    sent_between,
+)
+
+pytestmark = pytest.mark.slow
+
+OPS_TOKEN = "worst-day-ops-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {OPS_TOKEN}"}
+
+# The shipped defaults these tests hold the service to (README, issue 10).
+DB_DEADLINE_S = 2.0
+HEALTH_STALE_AFTER_S = 3.0
+HEALTH_CHECK_INTERVAL_S = 1.0
+HEALTH_CHECK_TIMEOUT_S = 1.0
+REQUEST_HEAD_TIMEOUT_S = 10.0
+SHUTDOWN_DRAIN_S = 5.0
+GUNICORN_GRACEFUL_TIMEOUT_S = 20.0
+
+PROBE_LIMIT_S = 1.0  # Kubernetes' default probe timeout
+PROBE_P99_S = 0.1
+ANSWER_LIMIT_S = DB_DEADLINE_S + 0.5  # every /api/db/test answered within this of being sent
+RECOVERY_S = 3.0  # everything 200 again this long after the thaw
+REQUEST_TIMEOUT_S = 10.0  # a request unanswered this long is "left waiting": a failure
+OUTAGE_CODES = {"timeout", "database_unavailable", "overloaded"}
+JSON_TYPES = {"application/json", "application/health+json"}
+CLIENTS = 200
+
+
+# ------------------------------------------------------------------------------ the server
+
+
+class Gunicorn:
+    """The real gunicorn, shipped gunicorn.conf.py, production settings, on a fixed port.
+
+    The port stays the same across `start`s, so an instance can be restarted in place behind
+    a load balancer. Nothing but the settings a production deployment must give is set.
+    """
+
+    def __init__(self, database_url: str, log_dir: Path, name: str = "gunicorn") -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in SERVICE_VARIABLES
+            and not key.startswith(("GUNICORN_", "_SERVICE_", "PROMETHEUS_"))
+            and key not in ("SHUTDOWN_DRAIN_S", "REQUEST_HEAD_TIMEOUT_S")
+        }
+        self.env = {
+            **inherited,
+            "APP_ENV": "production",
+            "SECRET_KEY": "worst-day-secret-key-" + "0" * 43,
+            "OPS_TOKEN": OPS_TOKEN,
+            "DATABASE_URL": database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+        }
+        self.process = ServerProcess(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            log_path=log_dir / f"{name}-{self.port}.log",
+        )
+
+    def start(self, timeout: float = 30.0) -> Gunicorn:
+        self.process.start()
+        self.process.wait_http_ok(f"{self.base_url}/api/health/live", timeout=timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        wait_for(
+            lambda: self.get("/api/health/ready").status == 200,
+            timeout,
+            description=f"{self.base_url}/api/health/ready to answer 200",
+            retry_on=(OSError, ValueError),
+        )
+
+    def get(self, path: str, timeout: float = 5.0, authorized: bool = False) -> Response:
+        raw = build_request(path, headers=AUTH if authorized else None, keep_alive=False)
+        return exchange(self.port, raw, timeout)
+
+    def worker_pids(self) -> list[int]:
+        return children_of(self.process.pid)
+
+    def group_is_empty(self) -> bool:
+        """True when no process of the server's process group (no worker) is left."""
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    def log_text(self) -> str:
+        return self.process.log_text()
+
+    def close(self) -> None:
+        """Quick shutdown (SIGINT: no drain to wait for), then SIGKILL whatever is left."""
+        self.process.terminate(signal.SIGINT, timeout=5)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Any]:
+    """Start gunicorns for one test: `launch(database_url, name=...)`; all stopped after it."""
+    started: list[Gunicorn] = []
+
+    def start(database_url: str, name: str = "gunicorn") -> Gunicorn:
+        server = Gunicorn(database_url, tmp_path, name)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def many_files() -> Iterator[int]:
+    """This process's (and so its servers') open-files soft limit raised to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def open_files_limit(pid: int) -> int:
+    """Soft RLIMIT_NOFILE of a process, from /proc/PID/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-files limit for {pid}")
+
+
+# ------------------------------------------------------------------------------ assertions
+
+
+def sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def show(outcomes: Sequence[Outcome], limit: int = 5) -> str:
+    return "; ".join(o.describe() for o in outcomes[:limit]) + (
+        f" (and {len(outcomes) - limit} more)" if len(outcomes) > limit else ""
+    )
+
+
+def assert_error_shape(document: Any, context: str) -> str:
+    """`{"error": {"code": str, "message": str}}`; returns the code."""
+    assert isinstance(document, dict), f"{context}: not a JSON object: {document!r}"
+    error = document.get("error")
+    assert isinstance(error, dict), f"{context}: no error object: {document!r}"
+    code, message = error.get("code"), error.get("message")
+    assert isinstance(code, str) and code, f"{context}: error.code: {document!r}"
+    assert isinstance(message, str) and message, f"{context}: error.message: {document!r}"
+    return code
+
+
+def assert_probes(sampler: ProbeSampler, name: str) -> None:
+    """Every probe answered, in JSON, within 1 s; p99 under 100 ms."""
+    outcomes = sampler.outcomes
+    assert outcomes, f"{name}: no probe was sent"
+    assert not sampler.errors(), (
+        f"{name}: {len(sampler.errors())} of {len(outcomes)} probes got no answer within "
+        f"{PROBE_LIMIT_S}s: {show(sampler.errors())}"
+    )
+    not_json = [o for o in outcomes if o.media_type not in JSON_TYPES]
+    assert not not_json, f"{name}: not JSON: {show(not_json)}"
+    slowest = max(outcomes, key=lambda o: o.latency)
+    assert slowest.latency < PROBE_LIMIT_S, f"{name}: slowest {slowest.describe()}"
+    p99 = percentile([o.latency for o in outcomes], 0.99)
+    assert p99 < PROBE_P99_S, f"{name}: p99 {p99 * 1000:.0f} ms over {len(outcomes)} probes"
+
+
+def assert_all_status(outcomes: Sequence[Outcome], status: int, what: str) -> None:
+    wrong = [o for o in outcomes if o.status != status]
+    assert not wrong, f"{what}: {len(wrong)} of {len(outcomes)} not {status}: {show(wrong)}"
+
+
+def assert_every_request_answered(load: LoadLoop, what: str) -> None:
+    """No request left without an answer (reset, refused, timed out after 10 s)."""
+    assert load.outcomes, f"{what}: no request was sent"
+    errors = load.errors()
+    assert not errors, (
+        f"{what}: {len(errors)} of {len(load.outcomes)} requests got no answer: {show(errors)}"
+    )
+
+
+def assert_db_answers(outcomes: Sequence[Outcome], allowed_codes: set[str], what: str) -> None:
+    """Each answer 200, or a JSON 503 with an allowed code (and Retry-After when overloaded),
+    within DB_DEADLINE_S + 0.5 s of being sent."""
+    late = [o for o in outcomes if o.latency > ANSWER_LIMIT_S]
+    assert not late, f"{what}: {len(late)} answered after {ANSWER_LIMIT_S}s: {show(late)}"
+    for outcome in outcomes:
+        if outcome.status == 200:
+            continue
+        assert outcome.status == 503, f"{what}: {outcome.describe()} {outcome.document!r}"
+        assert outcome.media_type == "application/json", f"{what}: {outcome.describe()}"
+        code = assert_error_shape(outcome.document, outcome.describe())
+        assert code in allowed_codes, f"{what}: {outcome.describe()}"
+        if code == "overloaded":
+            retry_after = outcome.headers.get("retry-after", "")
+            assert retry_after.isdigit(), f"{what}: Retry-After {retry_after!r}"
+
+
+def assert_no_worker_killed(server: Gunicorn) -> None:
+    log = server.log_text()
+    assert "WORKER TIMEOUT" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+# ------------------------------------------------------------------------------ 1. outage
+
+
+@pytest.mark.timeout(150)
+def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
+    launch: Any, faulty_cluster: TemporaryCluster, cluster_database_url: str
+) -> None:
+    """The database frozen for 30 s while 200 clients call /api/db/test."""
+    server = launch(cluster_database_url)
+    server.wait_ready()
+    live = ProbeSampler(server.port, "/api/health/live").start()
+    ready = ProbeSampler(server.port, "/api/health/ready").start()
+    load = LoadLoop(
+        server.port, ["/api/db/test"], clients=CLIENTS, headers=AUTH, timeout=REQUEST_TIMEOUT_S
+    ).start()
+    try:
+        time.sleep(3)
+        frozen_at = time.monotonic()
+        faulty_cluster.freeze()
+        sleep_until(frozen_at + 30)
+        thawed_at = time.monotonic()
+        faulty_cluster.thaw()
+        sleep_until(thawed_at + RECOVERY_S + 2)
+    finally:
+        load.stop(REQUEST_TIMEOUT_S + 5)
+        live.stop()
+        ready.stop()
+    after_load = server.get("/api/db/test", timeout=ANSWER_LIMIT_S, authorized=True)
+
+    print(
+        f"\noutage: {len(load.outcomes)} /api/db/test answers, "
+        f"{sum(o.status == 503 for o in load.outcomes)} 503; probes live p99 "
+        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms, ready p99 "
+        f"{percentile([o.latency for o in ready.outcomes], 0.99) * 1000:.1f} ms"
+    )
+    # Probes: always answered within 1 s; liveness 200 throughout.
+    assert_probes(live, "/api/health/live")
+    assert_all_status(live.outcomes, 200, "/api/health/live")
+    assert_probes(ready, "/api/health/ready")
+    # Readiness tells the truth: 200 before, 503 once stale, 200 again after the thaw.
+    assert_all_status(sent_between(ready.outcomes, 0, frozen_at), 200, "ready before the freeze")
+    stale_from = frozen_at + HEALTH_STALE_AFTER_S + HEALTH_CHECK_INTERVAL_S + HEALTH_CHECK_TIMEOUT_S
+    stale = [o for o in sent_between(ready.outcomes, stale_from) if o.done < thawed_at]
+    assert len(stale) >= 100, f"only {len(stale)} readiness probes while stale"
+    assert_all_status(stale, 503, "ready while the database is frozen")
+    assert {o.document.get("status") for o in stale} == {"fail"}, show(stale)
+
+    # Every /api/db/test answered: 200 or a JSON 503 within the deadline; none left waiting.
+    assert_every_request_answered(load, "/api/db/test")
+    assert_db_answers(load.outcomes, OUTAGE_CODES, "/api/db/test")
+    frozen = [o for o in sent_between(load.outcomes, frozen_at + 0.5) if o.done < thawed_at]
+    assert len(frozen) >= CLIENTS, f"only {len(frozen)} answers during the 30 s freeze"
+    assert_all_status(frozen, 503, "/api/db/test while the database is frozen")
+
+    # Within 3 s of the thaw everything answers 200 (the pool may still shed under 200 clients).
+    recovered = thawed_at + RECOVERY_S
+    for sampler, name in ((live, "live"), (ready, "ready")):
+        assert_all_status(sent_between(sampler.outcomes, recovered), 200, f"{name} after thaw")
+    after = sent_between(load.outcomes, recovered)
+    assert_db_answers(after, {"overloaded"}, "/api/db/test 3 s after the thaw")
+    assert any(o.status == 200 for o in after), show(after)
+    assert after_load.status == 200, after_load.body[:300]
+    assert_no_worker_killed(server)
+
+
+# ------------------------------------------------------------------------------ 2. slow, idle
+
+SLOW_CLIENTS = 500
+IDLE_CLIENTS = 1000
+HOLD_S = 60.0
+HEAD_SLACK_S = 3.0
+
+
+@pytest.mark.timeout(180)
+def test_slow_and_idle_clients_do_not_starve_probes_or_requests(
+    launch: Any, many_files: int, cluster_database_url: str
+) -> None:
+    """500 slow-header connections held for 60 s, plus 1,000 idle keep-alive connections."""
+    needed = SLOW_CLIENTS + IDLE_CLIENTS + 200
+    assert many_files >= needed, f"open-files hard limit {many_files} < {needed}: raise it"
+    server = launch(cluster_database_url)
+    server.wait_ready()
+    for pid in server.worker_pids():
+        assert open_files_limit(pid) >= needed, f"worker {pid} may open too few files"
+
+    idle = IdleKeepAlive(server.port, IDLE_CLIENTS).start()
+    slow: SlowHeaderClients | None = None
+    samplers = [
+        ProbeSampler(server.port, "/api/health/live"),
+        ProbeSampler(server.port, "/api/health/ready"),
+        ProbeSampler(server.port, "/api/db/test", rate=2, timeout=ANSWER_LIMIT_S, headers=AUTH),
+    ]
+    try:
+        idle.wait_open(60)
+        assert idle.opened == IDLE_CLIENTS, f"idle connections failed: {idle.open_errors[:5]}"
+        slow = SlowHeaderClients(server.port, SLOW_CLIENTS).start()
+        for sampler in samplers:
+            sampler.start()
+        time.sleep(HOLD_S)
+    finally:
+        for sampler in samplers:
+            sampler.stop()
+        if slow is not None:
+            slow.stop(10)
+        rechecked = idle.recheck()
+    live, ready, db_test = samplers
+
+    closed = [c for c in slow.connections if c.closed is not None]
+    print(
+        f"\nslow clients: {len(slow.connections)} connections, {len(closed)} closed by the "
+        f"server, held {min((c.held_s for c in closed), default=0):.1f}-"
+        f"{max((c.held_s for c in closed), default=0):.1f}s; live p99 "
+        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms"
+    )
+    # Probes as under an outage, with a healthy database: 200, within 1 s, p99 < 100 ms.
+    for sampler in (live, ready):
+        assert_probes(sampler, sampler.path)
+        assert_all_status(sampler.outcomes, 200, sampler.path)
+    # Normal requests still succeed.
+    assert not db_test.errors(), show(db_test.errors())
+    assert_all_status(db_test.outcomes, 200, "/api/db/test among slow clients")
+
+    # The server closes every slow connection once its head is REQUEST_HEAD_TIMEOUT_S late.
+    assert not slow.connect_errors, slow.connect_errors[:5]
+    assert closed, "the server closed none of the slow-header connections"
+    held_too_long = [
+        c for c in slow.connections if c.held_s > REQUEST_HEAD_TIMEOUT_S + HEAD_SLACK_S
+    ]
+    assert not held_too_long, (
+        f"{len(held_too_long)} slow connections held over {REQUEST_HEAD_TIMEOUT_S}s, e.g. "
+        f"{held_too_long[0]}"
+    )
+    too_soon = [c for c in closed if c.held_s < REQUEST_HEAD_TIMEOUT_S - 1]
+    assert not too_soon, f"closed before the head timeout: {too_soon[:3]}"
+    for connection in closed:
+        if connection.received:  # an answer before the close: a JSON 408
+            response = ResponseParser().feed(connection.received)
+            assert response is not None, connection.received[:300]
+            assert response.status == 408, connection.received[:300]
+            assert response.media_type == "application/json", response.headers
+            assert_error_shape(response.document(), "408 to a slow client")
+
+    # Idle keep-alive connections are kept (GUNICORN_KEEPALIVE is 75 s) and still work.
+    assert idle.closed_while_idle == 0, f"{idle.closed_while_idle} idle connections were closed"
+    assert len(rechecked) == IDLE_CLIENTS
+    assert_all_status(rechecked, 200, "a second request on an idle keep-alive connection")
+    assert_no_worker_killed(server)
+
+
+# ------------------------------------------------------------------------------ 3. saturation
+
+SATURATION_S = 10.0
+SHED_METRIC = "service_http_requests_shed_total"
+
+
+def shed_total(server: Gunicorn) -> float:
+    """Sum of the shed counter over its labels (0 when no sample exists yet)."""
+    response = server.get("/metrics", authorized=True)
+    assert response.status == 200, response.body[:300]
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.body.decode())
+        for sample in family.samples
+        if sample.name == SHED_METRIC
+    )
+
+
+@pytest.mark.timeout(90)
+def test_saturation_answers_200_or_a_fast_overloaded_503(
+    launch: Any, cluster_database_url: str
+) -> None:
+    """200 clients on /api/db/test, healthy database, default pool (5 + 5 per worker)."""
+    server = launch(cluster_database_url)
+    server.wait_ready()
+    shed_before = shed_total(server)
+    live = ProbeSampler(server.port, "/api/health/live").start()
+    ready = ProbeSampler(server.port, "/api/health/ready").start()
+    load = LoadLoop(
+        server.port, ["/api/db/test"], clients=CLIENTS, headers=AUTH, timeout=REQUEST_TIMEOUT_S
+    ).start()
+    try:
+        time.sleep(SATURATION_S)
+    finally:
+        load.stop(REQUEST_TIMEOUT_S + 5)
+        live.stop()
+        ready.stop()
+
+    overloaded = [o for o in load.outcomes if o.code == "overloaded"]
+    ok = [o for o in load.outcomes if o.status == 200]
+    print(
+        f"\nsaturation: {len(load.outcomes)} answers, {len(ok)} 200, {len(overloaded)} "
+        f"overloaded; max {max(o.latency for o in load.outcomes):.2f}s; live p99 "
+        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms"
+    )
+    assert_every_request_answered(load, "/api/db/test")
+    assert_db_answers(load.outcomes, {"overloaded"}, "/api/db/test under saturation")
+    assert ok, "no /api/db/test succeeded under saturation"
+    for sampler in (live, ready):
+        assert_probes(sampler, sampler.path)
+        assert_all_status(sampler.outcomes, 200, sampler.path)
+    # /metrics shows what was shed: exactly the overloaded answers the clients saw.
+    shed = shed_total(server) - shed_before
+    assert shed == len(overloaded), f"{SHED_METRIC} grew by {shed}, clients saw {len(overloaded)}"
+    assert_no_worker_killed(server)
+
+
+# ------------------------------------------------------------------------------ 4. restarts
+
+ROLLING_CLIENTS = 8
+# Traffic, not readiness: /api/health and /api/health/ready answer 503 while draining.
+ROLLING_PATHS = ["/api/db/test", "/api/health/live", "/api/openapi.json"]
+
+
+@dataclass
+class Restart:
+    """What one instance did between its SIGTERM and its exit."""
+
+    name: str
+    signalled_at: float
+    exited_at: float
+    code: int | None
+    ready: list[Outcome]
+    live: list[Outcome]
+    group_empty: bool
+
+
+def restart_in_place(server: Gunicorn, name: str, balancer: HAProxy) -> Restart:
+    """SIGTERM (no preStop, nothing else), wait for exit, start again, wait until HAProxy
+    sees it UP; readiness and liveness sampled directly on the instance meanwhile."""
+    ready = ProbeSampler(server.port, "/api/health/ready", rate=20).start()
+    live = ProbeSampler(server.port, "/api/health/live", rate=20).start()
+    try:
+        time.sleep(0.5)
+        signalled_at = time.monotonic()
+        server.process.proc.send_signal(signal.SIGTERM)
+        code = server.process.wait_exit(SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S + 5)
+        exited_at = time.monotonic()
+    finally:
+        ready.stop()
+        live.stop()
+    try:
+        group_empty = wait_for(server.group_is_empty, 5, description="the workers to exit")
+    except TimeoutError:
+        group_empty = False
+    server.process.terminate()  # nothing left to stop; forgets the old process
+    server.start()
+    balancer.wait_status(name, "UP", timeout=20)
+    return Restart(name, signalled_at, exited_at, code, ready.outcomes, live.outcomes, group_empty)
+
+
+@pytest.mark.timeout(150)
+def test_rolling_restart_behind_haproxy_loses_nothing(
+    launch: Any, cluster_database_url: str
+) -> None:
+    """Two instances behind HAProxy (checks of readiness every 1 s, fall 2, rise 1, no retries);
+    each gets a plain SIGTERM in turn while 8 keep-alive clients go through HAProxy."""
+    servers = {name: launch(cluster_database_url, name=name) for name in ("one", "two")}
+    for server in servers.values():
+        server.wait_ready()
+    with HAProxy({name: server.port for name, server in servers.items()}) as balancer:
+        for name in servers:
+            balancer.wait_status(name, "UP", timeout=10)
+        load = LoadLoop(
+            balancer.port,
+            ROLLING_PATHS,
+            clients=ROLLING_CLIENTS,
+            headers=AUTH,
+            timeout=REQUEST_TIMEOUT_S,
+            pause=0.01,
+        ).start()
+        restarts = []
+        try:
+            time.sleep(1)
+            for name, server in servers.items():
+                restarts.append(restart_in_place(server, name, balancer))
+                time.sleep(1)
+        finally:
+            load.stop(REQUEST_TIMEOUT_S + 5)
+        balancer_log = balancer.log_text()
+        stats = {row["svname"]: row for row in balancer.stats() if row["pxname"] == "service"}
+
+    print(
+        f"\nrolling restart: {len(load.outcomes)} requests through HAProxy; "
+        + "; ".join(
+            f"{r.name} exited {r.code} {r.exited_at - r.signalled_at:.1f}s after SIGTERM"
+            for r in restarts
+        )
+    )
+    # 0 failed client requests over the whole run.
+    assert_every_request_answered(load, "through HAProxy")
+    failed = [o for o in load.outcomes if o.status != 200]
+    hints = [line for line in balancer_log.splitlines() if re.search(r" (50\d|-1) ", line)]
+    assert not failed, f"{len(failed)} failed: {show(failed)}; HAProxy: {hints[:5]}"
+    assert all(int(stats[name]["stot"]) > 0 for name in servers), stats  # both served
+
+    for restart in restarts:
+        what = f"instance {restart.name}"
+        assert restart.code == 0, f"{what} exited {restart.code}"
+        assert restart.group_empty, f"{what}: a worker outlived the master"
+        took = restart.exited_at - restart.signalled_at
+        assert SHUTDOWN_DRAIN_S - 0.5 <= took <= SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S, (
+            f"{what} exited {took:.1f}s after SIGTERM: no drain of {SHUTDOWN_DRAIN_S}s"
+        )
+        assert_all_status(
+            sent_between(restart.ready, 0, restart.signalled_at), 200, f"{what} ready before"
+        )
+        # Readiness answers 503 "draining" after SIGTERM...
+        draining = [
+            o
+            for o in sent_between(restart.ready, restart.signalled_at)
+            if o.status == 503 and "draining" in (o.document or {}).get("notes", [])
+        ]
+        assert draining, f"{what}: readiness never said draining: {show(restart.ready[-10:])}"
+        # ...while the process still serves everything else, closing each connection.
+        served = [
+            o
+            for o in sent_between(restart.live, draining[0].done + 0.5)
+            if o.status == 200 and o.done < restart.exited_at
+        ]
+        assert served, f"{what}: nothing served while draining: {show(restart.live[-10:])}"
+        kept_open = [o for o in served if o.headers.get("connection", "").lower() != "close"]
+        assert not kept_open, f"{what}: no Connection: close while draining: {show(kept_open)}"
+
+
+def test_sigint_stays_quick(launch: Any, cluster_database_url: str) -> None:
+    """Ctrl-C of `make run`: the master exits within 2 s, even with connections open."""
+    server = launch(cluster_database_url)
+    server.wait_ready()
+    idle = IdleKeepAlive(server.port, 4).start()
+    slow = SlowHeaderClients(server.port, 2).start()
+    try:
+        idle.wait_open(10)
+        time.sleep(0.5)
+        signalled_at = time.monotonic()
+        server.process.proc.send_signal(signal.SIGINT)
+        code = server.process.wait_exit(10)
+        took = time.monotonic() - signalled_at
+    finally:
+        slow.stop(10)
+        idle.stop(10)
+    assert code is not None and took < 2.0, f"SIGINT: exit {code} after {took:.1f}s"
+
+
+# ------------------------------------------------------------------------------ 5. JSON errors
+
+HOST = b"Host: 127.0.0.1\r\n"
+# Requests gunicorn itself must refuse, each with the status it answers (gunicorn's own).
+MALFORMED = {
+    "nul-in-header-value": (
+        b"GET /api/health/live HTTP/1.1\r\n" + HOST + b"X-A: a\x00b\r\n\r\n",
+        400,
+    ),
+    "request-line-over-4094-bytes": (
+        b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        414,
+    ),
+    "header-over-8190-bytes": (
+        b"GET / HTTP/1.1\r\n" + HOST + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
+        431,
+    ),
+    "over-100-headers": (
+        b"GET / HTTP/1.1\r\n" + HOST + b"".join(b"X-%d: a\r\n" % n for n in range(120)) + b"\r\n",
+        431,
+    ),
+    "content-length-with-transfer-encoding": (
+        b"POST /api/health/live HTTP/1.1\r\n"
+        + HOST
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "invalid-method-token": (b"GE@T /api/health/live HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    "bad-http-version": (b"GET /api/health/live HTTP/1.x\r\n" + HOST + b"\r\n", 400),
+    "invalid-header-name": (b"GET / HTTP/1.1\r\n" + HOST + b"X A: b\r\n\r\n", 400),
+}
+
+
+@pytest.fixture(scope="module")
+def error_server(
+    tmp_path_factory: pytest.TempPathFactory, cluster_database_url: str
+) -> Iterator[Gunicorn]:
+    server = Gunicorn(cluster_database_url, tmp_path_factory.mktemp("json-errors"))
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_gunicorn_errors_are_json_in_the_error_shape(error_server: Gunicorn, case: str) -> None:
+    raw, status = MALFORMED[case]
+    response = exchange(error_server.port, raw)
+    assert response.status == status, (response.status, response.body[:300])
+    assert response.media_type == "application/json", (response.headers, response.body[:300])
+    assert_error_shape(response.document(), f"{case}: {response.body[:300]!r}")
+    assert error_server.get("/api/health/live").status == 200  # the server shrugs it off
