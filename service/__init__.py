@@ -11,12 +11,10 @@ from typing import Any
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface
 
-from service import database, deadlines, extensions, schema
+from service import database, extensions, health, schema
 from service.cli import register_commands
 from service.config import Settings, load_settings
 from service.errors import register_errorhandlers
-from service.health.checker import DatabaseProbe
-from service.health.monitor import HealthMonitor
 from service.logs import configure_logging, register_request_ids
 
 __version__ = "0.1.0"
@@ -63,7 +61,6 @@ def register_extensions(app: Flask, settings: Settings) -> None:
             "DATABASE_URL is not set: using the embedded SQLite database %s (development only)",
             settings.database_url.database,
         )
-    deadlines.install()
     register_request_ids(app)
     db = extensions.db  # `service.db` is the db blueprint's package
     db.init_app(app)
@@ -72,13 +69,12 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         engine = database.prepare_engine(db.engine, settings)
     capacity = database.pool_capacity(settings)
     extensions.metrics.init_app(app, engine, capacity)
-    probe = DatabaseProbe(settings, lambda: database.pool_in_use(engine), capacity)
-    app.extensions["health"] = HealthMonitor(settings, probe, __version__)
+    health.init_app(app, settings, lambda: database.pool_in_use(engine), capacity, __version__)
     from service import models  # noqa: F401 - registers the tables on db.metadata
 
 
 def register_blueprints(app: Flask) -> None:
-    from service import db, health, openapi
+    from service import db, openapi
 
     app.register_blueprint(health.bp)
     app.register_blueprint(db.bp)

@@ -18,8 +18,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
+from service import deadlines
 from service.config import Settings
-from service.deadlines import DeadlineExceeded, deadline
 
 # Find a peer that vanished in about a minute instead of the kernel's two hours.
 KEEPALIVE_ARGS = {
@@ -90,10 +90,11 @@ def prepare_engine(engine: Engine, settings: Settings) -> Engine:
     """Bound every connect of `engine`; with DB_POOL=null also set the timeouts per transaction."""
     if engine.dialect.name != "postgresql":
         return engine
+    deadlines.install()
 
     @event.listens_for(engine, "do_connect")
     def _bounded_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        with deadline(settings.db_connect_timeout_s):
+        with deadlines.deadline(settings.db_connect_timeout_s):
             return dialect.connect(*cargs, **cparams)
 
     if settings.db_pool == "null":
@@ -130,7 +131,11 @@ def classify(error: BaseException) -> str | None:
     if isinstance(error, sa_exc.TimeoutError):  # no pooled connection within DB_POOL_TIMEOUT_S
         return "overloaded"
     original = getattr(error, "orig", None) or error
-    timeouts = (DeadlineExceeded, psycopg2.errors.QueryCanceled, psycopg2.errors.LockNotAvailable)
+    timeouts = (
+        deadlines.DeadlineExceeded,
+        psycopg2.errors.QueryCanceled,
+        psycopg2.errors.LockNotAvailable,
+    )
     if isinstance(original, timeouts):
         return "timeout"
     unavailable = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)

@@ -5,12 +5,29 @@ None of the views touches the database: they read the background checker's lates
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from collections.abc import Callable
 
+from flask import Blueprint, Flask, Response, current_app, request
+
+from service.config import Settings
+from service.health.checker import DatabaseProbe
+from service.health.monitor import HealthMonitor
 from service.health.report import MEDIA_TYPE
 from service.security import is_ops_caller
 
 bp = Blueprint("health", __name__, url_prefix="/api/health")
+
+
+def init_app(
+    app: Flask,
+    settings: Settings,
+    pool_in_use: Callable[[], int],
+    capacity: int | None,
+    version: str,
+) -> None:
+    """Give the app its health monitor; the checker starts on first use in a serving process."""
+    probe = DatabaseProbe(settings, pool_in_use, capacity)
+    app.extensions["health"] = HealthMonitor(settings, probe, version)
 
 
 def _respond(probe: str) -> Response:
