@@ -15,13 +15,14 @@ through the load balancer. The exact numbers belong to the benchmark (`python -m
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,11 @@ class Gunicorn:
         self.process.terminate(signal.SIGINT, timeout=5)
 
 
+Launch = Callable[..., Gunicorn]
+
+
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
+def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start gunicorns for one test: `launch(database_url, name=...)`; all stopped after it."""
     started: list[Gunicorn] = []
 
@@ -180,6 +184,10 @@ def open_files_limit(pid: int) -> int:
 
 def sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def p99_ms(outcomes: Sequence[Outcome]) -> float:
+    return percentile([o.latency for o in outcomes], 0.99) * 1000 if outcomes else math.nan
 
 
 def show(outcomes: Sequence[Outcome], limit: int = 5) -> str:
@@ -257,7 +265,7 @@ def assert_no_worker_killed(server: Gunicorn) -> None:
 
 @pytest.mark.timeout(150)
 def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
-    launch: Any, faulty_cluster: TemporaryCluster, cluster_database_url: str
+    launch: Launch, faulty_cluster: TemporaryCluster, cluster_database_url: str
 ) -> None:
     """The database frozen for 30 s while 200 clients call /api/db/test."""
     server = launch(cluster_database_url)
@@ -283,9 +291,8 @@ def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
 
     print(
         f"\noutage: {len(load.outcomes)} /api/db/test answers, "
-        f"{sum(o.status == 503 for o in load.outcomes)} 503; probes live p99 "
-        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms, ready p99 "
-        f"{percentile([o.latency for o in ready.outcomes], 0.99) * 1000:.1f} ms"
+        f"{sum(o.status == 503 for o in load.outcomes)} 503; probes p99 live "
+        f"{p99_ms(live.outcomes):.1f} ms, ready {p99_ms(ready.outcomes):.1f} ms"
     )
     # Probes: always answered within 1 s; liveness 200 throughout.
     assert_probes(live, "/api/health/live")
@@ -327,7 +334,7 @@ HEAD_SLACK_S = 3.0
 
 @pytest.mark.timeout(180)
 def test_slow_and_idle_clients_do_not_starve_probes_or_requests(
-    launch: Any, many_files: int, cluster_database_url: str
+    launch: Launch, many_files: int, cluster_database_url: str
 ) -> None:
     """500 slow-header connections held for 60 s, plus 1,000 idle keep-alive connections."""
     needed = SLOW_CLIENTS + IDLE_CLIENTS + 200
@@ -363,8 +370,8 @@ def test_slow_and_idle_clients_do_not_starve_probes_or_requests(
     print(
         f"\nslow clients: {len(slow.connections)} connections, {len(closed)} closed by the "
         f"server, held {min((c.held_s for c in closed), default=0):.1f}-"
-        f"{max((c.held_s for c in closed), default=0):.1f}s; live p99 "
-        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms"
+        f"{max((c.held_s for c in closed), default=0):.1f}s; probes p99 live "
+        f"{p99_ms(live.outcomes):.1f} ms, ready {p99_ms(ready.outcomes):.1f} ms"
     )
     # Probes as under an outage, with a healthy database: 200, within 1 s, p99 < 100 ms.
     for sampler in (live, ready):
@@ -421,7 +428,7 @@ def shed_total(server: Gunicorn) -> float:
 
 @pytest.mark.timeout(90)
 def test_saturation_answers_200_or_a_fast_overloaded_503(
-    launch: Any, cluster_database_url: str
+    launch: Launch, cluster_database_url: str
 ) -> None:
     """200 clients on /api/db/test, healthy database, default pool (5 + 5 per worker)."""
     server = launch(cluster_database_url)
@@ -443,8 +450,8 @@ def test_saturation_answers_200_or_a_fast_overloaded_503(
     ok = [o for o in load.outcomes if o.status == 200]
     print(
         f"\nsaturation: {len(load.outcomes)} answers, {len(ok)} 200, {len(overloaded)} "
-        f"overloaded; max {max(o.latency for o in load.outcomes):.2f}s; live p99 "
-        f"{percentile([o.latency for o in live.outcomes], 0.99) * 1000:.1f} ms"
+        f"overloaded; slowest {max((o.latency for o in load.outcomes), default=0):.2f}s; probes "
+        f"p99 live {p99_ms(live.outcomes):.1f} ms, ready {p99_ms(ready.outcomes):.1f} ms"
     )
     assert_every_request_answered(load, "/api/db/test")
     assert_db_answers(load.outcomes, {"overloaded"}, "/api/db/test under saturation")
@@ -471,6 +478,7 @@ class Restart:
 
     name: str
     signalled_at: float
+    down_at: float | None
     exited_at: float
     code: int | None
     ready: list[Outcome]
@@ -487,7 +495,13 @@ def restart_in_place(server: Gunicorn, name: str, balancer: HAProxy) -> Restart:
         time.sleep(0.5)
         signalled_at = time.monotonic()
         server.process.proc.send_signal(signal.SIGTERM)
-        code = server.process.wait_exit(SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S + 5)
+        down_at = None  # when HAProxy took the instance out of rotation, if before its exit
+        limit = signalled_at + SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S + 5
+        while server.process.is_running() and time.monotonic() < limit:
+            if down_at is None and balancer.states().get(name) == "DOWN":
+                down_at = time.monotonic()
+            time.sleep(0.05)
+        code = server.process.wait_exit(0.1)
         exited_at = time.monotonic()
     finally:
         ready.stop()
@@ -499,12 +513,14 @@ def restart_in_place(server: Gunicorn, name: str, balancer: HAProxy) -> Restart:
     server.process.terminate()  # nothing left to stop; forgets the old process
     server.start()
     balancer.wait_status(name, "UP", timeout=20)
-    return Restart(name, signalled_at, exited_at, code, ready.outcomes, live.outcomes, group_empty)
+    return Restart(
+        name, signalled_at, down_at, exited_at, code, ready.outcomes, live.outcomes, group_empty
+    )
 
 
 @pytest.mark.timeout(150)
 def test_rolling_restart_behind_haproxy_loses_nothing(
-    launch: Any, cluster_database_url: str
+    launch: Launch, cluster_database_url: str
 ) -> None:
     """Two instances behind HAProxy (checks of readiness every 1 s, fall 2, rise 1, no retries);
     each gets a plain SIGTERM in turn while 8 keep-alive clients go through HAProxy."""
@@ -551,13 +567,18 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
         what = f"instance {restart.name}"
         assert restart.code == 0, f"{what} exited {restart.code}"
         assert restart.group_empty, f"{what}: a worker outlived the master"
+        # It drains SHUTDOWN_DRAIN_S, then finishes what is in flight (here nothing lasts past
+        # the database deadline) and exits: idle keep-alive connections (HAProxy keeps some for
+        # reuse) are not in flight and must not hold it until GUNICORN_GRACEFUL_TIMEOUT (20 s).
         took = restart.exited_at - restart.signalled_at
-        assert SHUTDOWN_DRAIN_S - 0.5 <= took <= SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S, (
-            f"{what} exited {took:.1f}s after SIGTERM: no drain of {SHUTDOWN_DRAIN_S}s"
+        assert took >= SHUTDOWN_DRAIN_S - 0.5, f"{what} exited {took:.1f}s after SIGTERM: no drain"
+        assert took <= SHUTDOWN_DRAIN_S + GUNICORN_GRACEFUL_TIMEOUT_S / 2, (
+            f"{what} exited {took:.1f}s after SIGTERM, long after its {SHUTDOWN_DRAIN_S}s drain"
         )
-        assert_all_status(
-            sent_between(restart.ready, 0, restart.signalled_at), 200, f"{what} ready before"
-        )
+        before = [o for o in restart.ready if o.done < restart.signalled_at]
+        assert before, f"{what}: no readiness probe answered before the SIGTERM"
+        assert_all_status(before, 200, f"{what} ready before the SIGTERM")
+        assert restart.down_at is not None, f"{what} exited before HAProxy saw it DOWN"
         # Readiness answers 503 "draining" after SIGTERM...
         draining = [
             o
@@ -576,7 +597,7 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
         assert not kept_open, f"{what}: no Connection: close while draining: {show(kept_open)}"
 
 
-def test_sigint_stays_quick(launch: Any, cluster_database_url: str) -> None:
+def test_sigint_stays_quick(launch: Launch, cluster_database_url: str) -> None:
     """Ctrl-C of `make run`: the master exits within 2 s, even with connections open."""
     server = launch(cluster_database_url)
     server.wait_ready()
@@ -587,7 +608,7 @@ def test_sigint_stays_quick(launch: Any, cluster_database_url: str) -> None:
         time.sleep(0.5)
         signalled_at = time.monotonic()
         server.process.proc.send_signal(signal.SIGINT)
-        code = server.process.wait_exit(10)
+        code = server.process.wait_exit(5)
         took = time.monotonic() - signalled_at
     finally:
         slow.stop(10)

@@ -299,8 +299,8 @@ class _AsyncRunner:
 
     def stop(self, timeout: float) -> None:
         """Ask every client to finish, and wait at most `timeout` s; raise if one is stuck."""
-        self._stop.set()
         self.stopped_at = time.monotonic()
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -501,8 +501,10 @@ class SlowHeaderClients(_AsyncRunner):
         received = asyncio.ensure_future(reader.read(65536))
         try:
             writer.write(head)
+            next_line = connection.first_byte + self.interval
             while not self.stopping:
-                done, _ = await asyncio.wait({received}, timeout=self.interval)
+                wait = max(0.0, next_line - time.monotonic())
+                done, _ = await asyncio.wait({received}, timeout=wait)
                 if done:
                     data = received.result()
                     if not data:
@@ -511,10 +513,12 @@ class SlowHeaderClients(_AsyncRunner):
                     connection.received += data  # an answer before the close: keep reading
                     received = asyncio.ensure_future(reader.read(65536))
                     continue
-                connection.lines_sent += 1
-                writer.write(f"X-Slow-{connection.lines_sent}: {slot}\r\n".encode())
-                await writer.drain()
-            connection.stopped = time.monotonic()
+                if time.monotonic() >= next_line:
+                    connection.lines_sent += 1
+                    writer.write(f"X-Slow-{connection.lines_sent}: {slot}\r\n".encode())
+                    await writer.drain()
+                    next_line += self.interval
+            connection.stopped = self.stopped_at  # open until the clients were told to stop
         except OSError as error:  # reset, broken pipe: the server closed it
             connection.closed = time.monotonic()
             connection.error = repr(error)
