@@ -6,6 +6,7 @@ deadline on request heads, and errors in the service's JSON shape. Why: docs/arc
 
 from __future__ import annotations
 
+import gc
 import socket
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,10 @@ IDLE_SWEEP_S = 0.5
 
 class RequestHeadTimeout(Exception):
     """The request line and headers did not arrive within REQUEST_HEAD_TIMEOUT_S."""
+
+
+class _EndOfConnection(BaseException):
+    """Thrown into an idle connection's reader at shutdown: it reads the end of the stream."""
 
 
 class Worker(GeventWorker):
@@ -52,6 +57,7 @@ class Worker(GeventWorker):
             super().run()
         finally:
             service.stop_serving(self.wsgi)
+            gc.freeze()  # the process ends: its last collection need not walk the whole heap
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if self.cfg.is_ssl:  # TLS is terminated in front of the service; keep gunicorn's path
@@ -82,8 +88,6 @@ class Worker(GeventWorker):
             gevent.spawn(self._drain_then_stop)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        if isinstance(exc, gevent.GreenletExit):
-            return  # an idle keep-alive connection closed at shutdown
         if isinstance(exc, RequestHeadTimeout):
             self.log.info("request head timed out from %s", addr[0] if addr else "-")
             write_json_error(client, 408, "Request Timeout", str(exc))
@@ -94,10 +98,10 @@ class Worker(GeventWorker):
         service.drain(self.wsgi)
         gevent.sleep(self.settings.shutdown_drain_s)
         self.alive = False  # gunicorn's loop closes the listeners and waits for in-flight work
+        loop = gevent.get_hub().loop
         while True:  # connections waiting for a next request that will not come
             for connection in list(self.connections):
-                if connection.idle:
-                    connection.greenlet.kill(block=False)
+                loop.run_callback(connection.end_if_idle)
             gevent.sleep(IDLE_SWEEP_S)
 
 
@@ -109,7 +113,7 @@ class _Connection:
         self._limit_s = limit_s
         self._timer: gevent.Timeout | None = None
         self._between_requests = True
-        self.greenlet = gevent.getcurrent()
+        self._reader = gevent.getcurrent()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -120,11 +124,19 @@ class _Connection:
         return self._between_requests and self._timer is None
 
     def recv(self, size: int, *flags: int) -> bytes:
-        data = self._sock.recv(size, *flags)
+        try:
+            data = self._sock.recv(size, *flags)
+        except _EndOfConnection:
+            return b""
         if data and self._between_requests and self._timer is None:
             message = "the request head did not arrive in time"
             self._timer = gevent.Timeout.start_new(self._limit_s, RequestHeadTimeout(message))
         return data
+
+    def end_if_idle(self) -> None:
+        """In the hub: an idle reader is blocked in `recv`, the one place that catches this."""
+        if self.idle and not self._reader.dead:
+            self._reader.throw(_EndOfConnection())
 
     def head_received(self) -> None:
         self._between_requests = False
