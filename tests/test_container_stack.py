@@ -348,22 +348,24 @@ def test_restarted_database_recovers_with_no_error_after(stack: Stack) -> None:
         # good check (it tolerates HEALTH_STALE_AFTER_S). Recovered: a real round trip works.
         seconds_until(lambda: stack.get("/api/db/test", ops=True), 200, within=20)
         stack.facts["restart_db_test_200_s"] = round(time.monotonic() - started, 2)
-        seconds_until(lambda: stack.get("/api/health/ready"), 200, within=5)
-        wait_for(
-            lambda: stack.get("/api/health").json()["status"] == "pass",
-            timeout=5,
-            description="/api/health to pass again",
-        )
-        stack.facts["restart_health_pass_s"] = round(time.monotonic() - started, 2)
     finally:
         done.set()
         watcher.join(10)
     assert set(answers) <= {200, 503}, answers
-    for _ in range(20):  # no error after
+    # No error after: every answer 200 for a few health-check intervals. A worker whose checker
+    # last looked during the restart may still say `warn` (the last check failed) for an interval.
+    warned, until = 0, time.monotonic() + 5
+    while time.monotonic() < until:
         verified = stack.get("/api/db/test", ops=True)
         assert verified.status_code == 200, verified.text
+        assert stack.get("/api/health/ready").status_code == 200
         health = stack.get("/api/health")
-        assert health.status_code == 200 and health.json()["status"] == "pass", health.text
+        assert health.status_code == 200, health.text
+        warned += health.json()["status"] != "pass"
+    stack.facts["restart_health_warn_answers"] = warned
+    for _ in range(10):  # and then every worker's checker passes again
+        health = stack.get("/api/health")
+        assert health.json()["status"] == "pass", health.text
 
 
 # --------------------------------------------------------------------------------------------
