@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import secrets
 import socket
@@ -36,7 +37,7 @@ import pytest
 import requests
 
 from tests.support.images import base_images
-from tests.support.processes import free_port, wait_for
+from tests.support.processes import port_is_free, wait_for
 from tests.test_containers import COMPOSE_FILE, COMPOSE_INSTALL, tool, tool_environment
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
@@ -143,6 +144,16 @@ def seconds_until(request: Callable[[], requests.Response], status: int, within:
     return round(time.monotonic() - started, 2)
 
 
+def host_port() -> int:
+    """A free port below Linux's ephemeral range (32768+), which the test's own client
+    connections use as source ports, so none of them can take it before Docker binds it."""
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        if port_is_free(port):
+            return port
+    raise AssertionError("no free port between 20000 and 32000")
+
+
 @pytest.fixture(scope="module")
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -153,8 +164,8 @@ def stack(
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "SECRET_KEY": secrets.token_hex(32),
         "OPS_TOKEN": secrets.token_hex(16),
-        "POSTGRES_PUBLISH_PORT": str(free_port()),
-        "API_PUBLISH_PORT": str(free_port()),
+        "POSTGRES_PUBLISH_PORT": str(host_port()),
+        "API_PUBLISH_PORT": str(host_port()),
         "APP_IMAGE": IMAGE,
     }
     env_file = tmp_path_factory.mktemp("stack") / "stack.env"
