@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -61,6 +62,10 @@ POOL_SIZE = Gauge(
 )
 
 
+# (endpoint, method, status) -> its counter and histogram; as bounded as the labels themselves.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 class Metrics:
     """The Flask extension: times every request, follows the pool, serves /metrics."""
 
@@ -101,9 +106,14 @@ def _record_request(response: Response) -> Response:
         rule = request.url_rule
         endpoint = rule.endpoint if rule is not None else UNMATCHED
         method = request.method if request.method in KNOWN_METHODS else "other"
-        status = str(response.status_code)
-        REQUESTS.labels(endpoint, method, status).inc()
-        LATENCY.labels(endpoint, status).observe(time.perf_counter() - started)
+        key = (endpoint, method, response.status_code)
+        counted = _children.get(key)
+        if counted is None:  # labels() validates and locks: once per label set, not per request
+            status = str(response.status_code)
+            counted = REQUESTS.labels(endpoint, method, status), LATENCY.labels(endpoint, status)
+            _children[key] = counted
+        counted[0].inc()
+        counted[1].observe(time.perf_counter() - started)
     return response
 
 

@@ -26,6 +26,8 @@ class HealthMonitor:
         self.checker = HealthChecker(probe, settings.health_check_interval_s, self._log_change)
         self.draining = False
         self._logged: Verdict | None = None
+        # (probe, include_output) -> the last body, with the snapshot and verdict it shows
+        self._rendered: dict[tuple[str, bool], tuple[Snapshot | None, Verdict, bytes]] = {}
         interval = settings.health_check_interval_s
         self.cache_control = f"max-age={int(interval)}" if interval >= 1 else "no-cache"
 
@@ -44,6 +46,22 @@ class HealthMonitor:
         if probe == "live":
             return 200, b'{"status": "pass"}', "no-store"
         snapshot, verdict = self.current()
+        cache_control = self.cache_control
+        if probe == "health" and include_output and self.settings.is_production:
+            cache_control = f"private, {cache_control}"
+        return (
+            verdict.http_status,
+            self._body(probe, snapshot, verdict, include_output),
+            cache_control,
+        )
+
+    def _body(
+        self, probe: str, snapshot: Snapshot | None, verdict: Verdict, include_output: bool
+    ) -> bytes:
+        """The JSON of a probe, rendered once per snapshot: probes far outnumber checks."""
+        cached = self._rendered.get((probe, include_output))
+        if cached is not None and cached[0] is snapshot and cached[1] == verdict:
+            return cached[2]
         if probe == "ready":
             document: dict[str, object] = {"status": verdict.status}
             if verdict.reasons:
@@ -57,10 +75,9 @@ class HealthMonitor:
                 version=self.version,
                 include_output=include_output,
             )
-        cache_control = self.cache_control
-        if probe == "health" and include_output and self.settings.is_production:
-            cache_control = f"private, {cache_control}"
-        return verdict.http_status, json.dumps(document).encode(), cache_control
+        body = json.dumps(document).encode()
+        self._rendered[(probe, include_output)] = (snapshot, verdict, body)
+        return body
 
     def drain(self) -> None:
         """Fail readiness from now on, so load balancers stop sending before the process stops."""
