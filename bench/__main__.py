@@ -25,7 +25,7 @@ from typing import Any
 from bench import cluster as db
 from bench import designs, faults, machine, plot, profile, report, scenarios
 from bench.designs import Design
-from bench.load import WrkMissing, run_wrk, wrk_path
+from bench.load import WrkMissing, WrkResult, run_wrk, wrk_path
 from bench.servers import (
     FLOOR_APP,
     Gunicorn,
@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["plot"] = str(
         plot.plot_timeline(results["fault_timeline"], results["meta"]["settings"], plot_path)
     )
+    designs_plot = plot_path.with_name(f"{plot_path.stem}-designs{plot_path.suffix}")
+    results["meta"]["designs_plot"] = str(plot.plot_scenarios(results["scenarios"], designs_plot))
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(report.render(results))
-    print(f"\nresults: {out}\nplot:    {plot_path}")
+    print(f"\nresults: {out}\nplots:   {plot_path}, {designs_plot}")
     return 0
 
 
@@ -297,17 +299,27 @@ def _db_test(
     loaded: dict[str, list[dict[str, Any]]] = {d.key: [] for d in chosen}
     for number in range(1, plan.db_test_rounds + 1):
         for d in chosen if number % 2 else chosen[::-1]:
+            server = servers[d.service]
             one = run_wrk(url[d.key], plan.db_test_duration_s, 1, headers=auth)
+            cpu = server.cpu_seconds()
             many = run_wrk(
                 url[d.key], plan.db_test_duration_s, plan.db_test_loaded_connections, headers=auth
             )
+            cpu = server.cpu_seconds() - cpu
             latency[d.key].append(one.to_dict())
-            loaded[d.key].append(many.to_dict())
+            loaded[d.key].append(
+                {**many.to_dict(), "cpu_s": round(cpu, 2), "cpu_us_per_request": _per(cpu, many)}
+            )
             _say(
                 f"/api/db/test {d.key} round {number}: p50 {one.p50_ms:.2f} ms (1 connection), "
                 f"{many.rps:.0f} rps ({plan.db_test_loaded_connections} connections)"
             )
     return report.summarise_db_tests(latency, loaded)
+
+
+def _per(cpu_s: float, result: WrkResult) -> float | None:
+    """The server's CPU microseconds per request of a wrk run."""
+    return round(cpu_s * 1e6 / result.requests, 1) if result.requests else None
 
 
 def _scenarios(

@@ -84,6 +84,7 @@ def summarise_db_test(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
         "rps": round(statistics.median(r["rps"] for r in runs), 1),
         "non_2xx": sum(r["non_2xx"] for r in runs),
+        "cpu_us_per_request": _median_of(runs, "cpu_us_per_request"),
         "runs": runs,
     }
 
@@ -310,15 +311,12 @@ def render(results: dict[str, Any]) -> str:
                 f"{one['rps']:.0f}",
                 f"{many['p50_ms']:.2f} / {many['p99_ms']:.2f}",
                 f"{many['rps']:.0f}",
+                _ms(many["cpu_us_per_request"]),
                 str(one["non_2xx"] + many["non_2xx"]),
             ]
         )
-    lines.append(
-        _table(
-            ["design", "c=1 p50/p99 ms", "c=1 rps", "c=8 p50/p99 ms", "c=8 rps", "non-2xx"],
-            rows,
-        )
-    )
+    header = ["design", "c=1 p50/p99 ms", "c=1 rps", "c=8 p50/p99 ms", "c=8 rps"]
+    lines.append(_table([*header, "c=8 CPU us/request", "non-2xx"], rows))
     lines += [_compared("/api/db/test (c=8) new/today's", results["db_test"]["new_vs_todays"])]
     lines += ["", "4. probes (live, ready; 20/s each, 1 s timeout) under load, per design"]
     rows, notes = [], []
@@ -431,6 +429,11 @@ def _ratios(values: list[float]) -> dict[str, Any]:
         "ratio_max": round(max(values), 3),
         "ratios": [round(v, 3) for v in values],
     }
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 1) if values else None
 
 
 def _per_cpu(runs: list[dict[str, Any]]) -> float:

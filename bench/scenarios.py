@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import requests
@@ -65,12 +66,6 @@ def run_scenario(
     `timeouts` then count, every 2 s, each connection whose request has waited longer.
     """
     _recovered(server, auth, time.monotonic())  # a previous scenario's effects are over
-    origin = time.monotonic()
-    stop = threading.Event()
-    probers = [
-        Prober(server.base_url, path, {}, origin, stop, PROBE_PERIOD_S, PROBE_TIMEOUT_S)
-        for path in PROBES
-    ]
     result: dict[str, Any] = {"duration_s": duration_s}
     holder = None
     if name == "frozen":
@@ -79,6 +74,11 @@ def run_scenario(
         holder = HeldConnections(server.port, SLOW_CONNECTIONS, IDLE_CONNECTIONS)
         holder.start()
         holder.opened.wait(30)  # probes measure a server that holds them all
+    origin, stop = time.monotonic(), threading.Event()
+    probers = [
+        Prober(server.base_url, path, {}, origin, stop, PROBE_PERIOD_S, PROBE_TIMEOUT_S)
+        for path in PROBES
+    ]
     for prober in probers:
         prober.start()
     thawed_at = None
@@ -108,6 +108,7 @@ def run_scenario(
         for prober in probers:
             prober.join(PROBE_TIMEOUT_S + 1)
     result["probes"] = {p.name.split()[-1]: summarise_probes(p.samples) for p in probers}
+    result["samples"] = [asdict(s) for p in probers for s in p.samples]
     result["recovered_s"] = _recovered(server, auth, thawed_at or time.monotonic())
     live, ready = (result["probes"][path] for path in PROBES)
     log(
