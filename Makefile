@@ -24,7 +24,7 @@ test: $(VENV)/.dev system-deps tests/better_auth/node_modules/.package-lock.json
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The benchmark behind docs/performance.md (about 3 minutes; BENCH_ARGS=--smoke for a quick run).
+# The benchmark behind docs/performance.md (about 6 minutes; BENCH_ARGS=--smoke for a quick run).
 bench: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
