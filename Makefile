@@ -34,7 +34,7 @@ test-containers: $(VENV)/.dev
 	  exit 1; }
 	DOCKER_BUILDKIT=0 $(BIN)/pytest -m containers --noconftest tests/test_container_stack.py $(PYTEST_ARGS)
 
-# The benchmark behind docs/performance.md (about 3 minutes; BENCH_ARGS=--smoke for a quick run).
+# The benchmark behind docs/performance.md (about 6 minutes; BENCH_ARGS=--smoke for a quick run).
 bench: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

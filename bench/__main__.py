@@ -1,9 +1,11 @@
-"""`python -m bench [--smoke] [--duration S] [--rounds N] [--out FILE] [--plot FILE] [--profile]`.
+"""`python -m bench [--smoke] [--duration S] [--rounds N] [--out FILE] [--plot FILE] [--profile]
+[--todays REV]`.
 
 Runs every measurement of docs/performance.md against servers and a database it starts itself,
-prints the table, and writes the JSON (and the fault-timeline plot). Exit status: 0 when the run
-completed (whether or not the targets were met: they are reported, not enforced), 2 when wrk or
-matplotlib is missing, 1 on any other failure.
+for two designs side by side (today's, checked out from git history, and this tree's; see
+bench/designs.py), prints the tables, and writes the JSON (and the fault-timeline plot). Exit
+status: 0 when the run completed (whether or not the targets were met: they are reported, not
+enforced), 2 when wrk or matplotlib is missing, 1 on any other failure.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import cluster as db
-from bench import faults, machine, plot, profile, report
-from bench.load import WrkMissing, run_wrk, wrk_path
-from bench.servers import FLOOR_APP, Gunicorn, server_memory, service_environment, start_gunicorn
+from bench import designs, faults, machine, plot, profile, report, scenarios
+from bench.designs import Design
+from bench.load import WrkMissing, WrkResult, run_wrk, wrk_path
+from bench.servers import (
+    FLOOR_APP,
+    Gunicorn,
+    server_memory,
+    service_environment,
+    start_gunicorn,
+    wait_serving,
+)
 from service.config import load_settings
 from tests.support.pgcluster import TemporaryCluster
 
@@ -37,38 +47,41 @@ class Plan:
     """How long and how hard each part runs."""
 
     mode: str
-    rounds: int  # A/B rounds of /api/health vs the floor
+    rounds: int  # rounds of /api/health over every server (each design's service and floor)
     duration_s: float  # one wrk run
     connections: int  # wrk connections for the throughput runs
     warmup_s: float
     db_test_rounds: int
     db_test_duration_s: float
     db_test_loaded_connections: int
+    scenario_s: float  # each scenario of bench/scenarios.py, per design
     phases: dict[str, float] = field(default_factory=dict)  # fault timeline, seconds per phase
 
 
 FULL = Plan(
     mode="full",
-    rounds=6,
-    duration_s=10,
+    rounds=4,
+    duration_s=8,
     connections=16,
     warmup_s=2,
     db_test_rounds=3,
     db_test_duration_s=5,
     db_test_loaded_connections=8,
+    scenario_s=15,
     phases={"healthy": 5, "frozen": 10, "thawed": 6, "stopped": 10, "restarted": 6},
 )
 # Short but complete: every section is produced; phases still outlast HEALTH_STALE_AFTER_S + 1 s.
 SMOKE = Plan(
     mode="smoke",
-    rounds=2,
-    duration_s=2,
+    rounds=1,
+    duration_s=1,
     connections=16,
-    warmup_s=1,
+    warmup_s=0,
     db_test_rounds=1,
-    db_test_duration_s=2,
+    db_test_duration_s=1,
     db_test_loaded_connections=8,
-    phases={"healthy": 1, "frozen": 5, "thawed": 2.5, "stopped": 5, "restarted": 2.5},
+    scenario_s=2,
+    phases={"healthy": 1, "frozen": 4.5, "thawed": 2, "stopped": 4.5, "restarted": 2},
 )
 
 
@@ -88,37 +101,66 @@ def main(argv: list[str] | None = None) -> int:
     except (WrkMissing, RuntimeError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
-    results = run(plan, out.with_suffix(""), profile_storm=args.profile)
+    results = run(
+        plan, out.with_suffix(""), profile_storm=args.profile, todays_revision=args.todays
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     results["meta"]["plot"] = str(
         plot.plot_timeline(results["fault_timeline"], results["meta"]["settings"], plot_path)
     )
+    designs_plot = plot_path.with_name(f"{plot_path.stem}-designs{plot_path.suffix}")
+    results["meta"]["designs_plot"] = str(plot.plot_scenarios(results["scenarios"], designs_plot))
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(report.render(results))
-    print(f"\nresults: {out}\nplot:    {plot_path}")
+    print(f"\nresults: {out}\nplots:   {plot_path}, {designs_plot}")
     return 0
 
 
-def run(plan: Plan, artefacts: Path, *, profile_storm: bool = False) -> dict[str, Any]:
-    """Start everything, measure, stop everything; return the results document."""
+def run(
+    plan: Plan,
+    artefacts: Path,
+    *,
+    profile_storm: bool = False,
+    todays_revision: str = designs.TODAYS_REVISION,
+) -> dict[str, Any]:
+    """Check out today's design, start everything, measure, stop everything; return the results."""
     started = time.monotonic()
+    scenarios.raise_open_files_limit()
+    with designs.todays(todays_revision, _say) as todays:
+        chosen = [d for d in (todays, designs.this_tree()) if d is not None]
+        results = _run(plan, chosen, artefacts, profile_storm)
+    results["meta"]["todays_revision"] = todays_revision
+    results["meta"]["todays_skipped"] = todays is None
+    results["targets"] = report.targets(results)
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def _run(plan: Plan, chosen: list[Design], artefacts: Path, profile_storm: bool) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     ops_token = secrets.token_hex(16)
     auth = {"Authorization": f"Bearer {ops_token}"}
     results: dict[str, Any] = {}
     cluster = db.start_cluster()
-    servers: list[Gunicorn] = []
+    servers: dict[str, Gunicorn] = {}
+    new = chosen[-1]
     try:
         _say(f"PostgreSQL {db.server_version(cluster)} on port {cluster.port}")
-        env = service_environment(db.clean_environment(), db.create_database(cluster), ops_token)
-        db.migrate(env)
-        settings = load_settings(instance_path=PROJECT_ROOT / "instance", environ=env)
-        service = start_gunicorn("service", env, log_dir)
-        servers.append(service)
-        floor = start_gunicorn("floor", env, log_dir, FLOOR_APP)
-        servers.append(floor)
-        workers = len(service.worker_pids())
-        _say(f"service {service.base_url} and floor {floor.base_url}: {workers} workers each")
+        base, envs = db.clean_environment(), {}
+        for design in chosen:
+            envs[design.key] = service_environment(
+                base, db.create_database(cluster, design.key), ops_token
+            )
+            db.migrate(envs[design.key], design.root)
+        for design in chosen:
+            env, root = envs[design.key], design.root
+            servers[design.service] = start_gunicorn(design.service, env, log_dir, root=root)
+            servers[design.floor] = start_gunicorn(design.floor, env, log_dir, FLOOR_APP, root)
+        for server in servers.values():
+            wait_serving(server)
+        settings = load_settings(instance_path=PROJECT_ROOT / "instance", environ=envs[new.key])
+        workers = len(servers[new.service].worker_pids())
+        _say(f"{len(servers)} servers: {', '.join(servers)}; {workers} workers each")
         results["meta"] = {
             "mode": plan.mode,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -127,7 +169,17 @@ def run(plan: Plan, artefacts: Path, *, profile_storm: bool = False) -> dict[str
             "wrk_duration_s": plan.duration_s,
             "wrk_connections": plan.connections,
             "machine": machine.describe(db.server_version(cluster)),
-            "gunicorn": {**machine.gunicorn_settings(env), "workers_running": workers},
+            "designs": {
+                d.key: {
+                    "label": d.label,
+                    "revision": d.revision,
+                    "gunicorn": {
+                        **machine.gunicorn_settings(envs[d.key], d.root),
+                        "workers_running": len(servers[d.service].worker_pids()),
+                    },
+                }
+                for d in chosen
+            },
             "settings": {
                 "APP_ENV": settings.app_env,
                 "HEALTH_CHECK_INTERVAL_S": settings.health_check_interval_s,
@@ -136,58 +188,69 @@ def run(plan: Plan, artefacts: Path, *, profile_storm: bool = False) -> dict[str
                 "DB_DEADLINE_S": settings.db_deadline_s,
                 "DB_POOL_SIZE": settings.db_pool_size,
                 "DB_MAX_OVERFLOW": settings.db_max_overflow,
+                "DB_POOL_TIMEOUT_S": settings.db_pool_timeout_s,
+                "REQUEST_HEAD_TIMEOUT_S": settings.request_head_timeout_s,
             },
         }
-        results["health_throughput"], results["probe_storm"] = _health_vs_floor(
-            plan, cluster, service, floor, workers, settings.health_check_interval_s
+        results["health_throughput"], results["probe_storm"] = _health_throughput(
+            plan, cluster, chosen, servers, workers, settings.health_check_interval_s
         )
-        results["db_test"] = _db_test(plan, service, auth)
+        results["db_test"] = _db_test(plan, chosen, servers, auth)
         results["memory"] = report.summarise_memory(
-            {"service": server_memory(service), "floor": server_memory(floor)}
+            {name: server_memory(server) for name, server in servers.items()}
         )
         if profile_storm:
-            results["profile"] = _profile(plan, [service, floor], artefacts)
-        _say("fault timeline: healthy -> frozen -> thawed -> stopped -> restarted")
+            pair = [servers[new.service], servers[new.floor]]
+            results["profile"] = _profile(plan, pair, artefacts)
+        results["scenarios"] = _scenarios(
+            plan, cluster, chosen, servers, auth, settings.db_deadline_s
+        )
+        _say(f"fault timeline of {new.service}: healthy, frozen, thawed, stopped, restarted")
         results["fault_timeline"] = faults.run_timeline(
-            cluster, service.base_url, auth, plan.phases, log=_say
+            cluster, servers[new.service].base_url, auth, plan.phases, log=_say
         )
     except BaseException:
-        for server in servers:
+        for server in servers.values():
             print(f"--- {server.name} log tail ---\n{server.error_tail()}", file=sys.stderr)
         raise
     finally:
-        for server in servers:
+        for server in servers.values():
             server.stop()
         cluster.cleanup()
         shutil.rmtree(log_dir, ignore_errors=True)
     results["meta"]["loadavg_at_end"] = machine.loadavg()
-    results["targets"] = report.targets(results)
-    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     return results
 
 
-def _health_vs_floor(
+def _health_throughput(
     plan: Plan,
     cluster: TemporaryCluster,
-    service: Gunicorn,
-    floor: Gunicorn,
+    chosen: list[Design],
+    servers: dict[str, Gunicorn],
     workers: int,
     interval_s: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A/B rounds, the order swapped each round so a linear drift of the machine cancels.
+    """/api/health of every server (each design's service and floor) in rounds, the order
+    reversed each round so a linear drift of the machine cancels.
 
-    The service database's transactions are counted around every run: during the service's runs
-    they are what the probe storm costs; during the floor's the service idles (its checkers only).
+    Each design's database transactions are counted around every run: during its service's runs
+    they are what the probe storm costs; during the other servers' runs it idles (checkers only).
     """
-    for server in (service, floor):
-        run_wrk(f"{server.base_url}/api/health", plan.warmup_s, plan.connections)
-    rounds, storm, idle = [], [], []
+    names = [name for d in chosen for name in (d.service, d.floor)]
+    for name in names if plan.warmup_s else ():
+        run_wrk(f"{servers[name].base_url}/api/health", plan.warmup_s, plan.connections)
+    rounds: list[dict[str, Any]] = []
+    storm: dict[str, list[dict[str, Any]]] = {d.key: [] for d in chosen}
+    idle: dict[str, list[dict[str, Any]]] = {d.key: [] for d in chosen}
     for number in range(1, plan.rounds + 1):
-        order = (service, floor) if number % 2 else (floor, service)
+        order = names if number % 2 else names[::-1]
         measured: dict[str, Any] = {}
-        for server in order:
-            boots, xacts, began = service.worker_boots(), db.transactions(cluster), time.monotonic()
-            cpu, spread, own_boots = server.cpu_seconds(), [], server.worker_boots()
+        for name in order:
+            server = servers[name]
+            boots = {d.key: servers[d.service].worker_boots() for d in chosen}
+            xacts = {d.key: db.transactions(cluster, d.key) for d in chosen}
+            began, cpu, spread = time.monotonic(), server.cpu_seconds(), []
+            own_boots = server.worker_boots()
             result = run_wrk(
                 f"{server.base_url}/api/health",
                 plan.duration_s,
@@ -197,64 +260,85 @@ def _health_vs_floor(
                 ),
             )
             cpu = server.cpu_seconds() - cpu
-            window = {
-                "server": server.name,
-                "seconds": round(time.monotonic() - began, 3),
-                "xacts": db.transactions(cluster) - xacts,
-                "requests": result.requests,
-                "worker_boots": service.worker_boots() - boots,
-            }
-            (storm if server is service else idle).append(window)
-            measured[server.name] = {
+            for d in chosen:
+                window = {
+                    "server": name,
+                    "seconds": round(time.monotonic() - began, 3),
+                    "xacts": db.transactions(cluster, d.key) - xacts[d.key],
+                    "requests": result.requests,
+                    "worker_boots": servers[d.service].worker_boots() - boots[d.key],
+                }
+                (storm if name == d.service else idle)[d.key].append(window)
+            measured[name] = {
                 **result.to_dict(),
                 "cpu_s": round(cpu, 2),
                 "requests_per_cpu_s": round(result.requests / cpu, 1) if cpu else None,
                 "connections_per_worker": spread,
                 "worker_boots": server.worker_boots() - own_boots,
             }
-        service_run, floor_run = measured["service"], measured["floor"]
-        ratio = service_run["rps"] / floor_run["rps"]
-        cpu_ratio = service_run["requests_per_cpu_s"] / floor_run["requests_per_cpu_s"]
-        rounds.append(
-            {
-                "round": number,
-                "order": [s.name for s in order],
-                **measured,
-                "ratio": round(ratio, 3),
-                "cpu_ratio": round(cpu_ratio, 3),
-            }
-        )
-        _say(
-            f"round {number}: service {service_run['rps']:.0f} rps "
-            f"{service_run['connections_per_worker']}, floor {floor_run['rps']:.0f} rps "
-            f"{floor_run['connections_per_worker']}; ratio {ratio:.3f}, "
-            f"per CPU second {cpu_ratio:.3f}"
-        )
-    health = {"rounds": rounds, "summary": report.summarise_health(rounds)}
-    return health, report.summarise_storm(storm, idle, workers, interval_s)
-
-
-def _db_test(plan: Plan, service: Gunicorn, auth: dict[str, str]) -> dict[str, Any]:
-    """Latency with one connection (no queueing), then throughput with several."""
-    url = f"{service.base_url}/api/db/test"
-    run_wrk(url, plan.warmup_s, 1, headers=auth)
-    latency = [
-        run_wrk(url, plan.db_test_duration_s, 1, headers=auth).to_dict()
-        for _ in range(plan.db_test_rounds)
-    ]
-    loaded = [
-        run_wrk(
-            url, plan.db_test_duration_s, plan.db_test_loaded_connections, headers=auth
-        ).to_dict()
-    ]
-    result = {
-        "latency": report.summarise_db_test(latency),
-        "loaded": report.summarise_db_test(loaded),
+        rounds.append({"round": number, "order": order, "runs": measured})
+        _say(f"round {number}: " + ", ".join(f"{n} {measured[n]['rps']:.0f} rps" for n in names))
+    keys = [d.key for d in chosen]
+    health = {"rounds": rounds, "summary": report.summarise_health(rounds, keys)}
+    storms = {
+        d.key: report.summarise_storm(storm[d.key], idle[d.key], workers, interval_s)
+        for d in chosen
     }
-    _say(
-        f"/api/db/test: p50 {result['latency']['p50_ms']:.2f} ms, "
-        f"p99 {result['latency']['p99_ms']:.2f} ms (1 connection)"
-    )
+    return health, storms
+
+
+def _db_test(
+    plan: Plan, chosen: list[Design], servers: dict[str, Gunicorn], auth: dict[str, str]
+) -> dict[str, Any]:
+    """Per design and round: latency with one connection (no queueing), then throughput with
+    several; the designs' order is reversed each round."""
+    url = {d.key: f"{servers[d.service].base_url}/api/db/test" for d in chosen}
+    for d in chosen if plan.warmup_s else ():
+        run_wrk(url[d.key], plan.warmup_s, 1, headers=auth)
+    latency: dict[str, list[dict[str, Any]]] = {d.key: [] for d in chosen}
+    loaded: dict[str, list[dict[str, Any]]] = {d.key: [] for d in chosen}
+    for number in range(1, plan.db_test_rounds + 1):
+        for d in chosen if number % 2 else chosen[::-1]:
+            server = servers[d.service]
+            one = run_wrk(url[d.key], plan.db_test_duration_s, 1, headers=auth)
+            cpu = server.cpu_seconds()
+            many = run_wrk(
+                url[d.key], plan.db_test_duration_s, plan.db_test_loaded_connections, headers=auth
+            )
+            cpu = server.cpu_seconds() - cpu
+            latency[d.key].append(one.to_dict())
+            loaded[d.key].append(
+                {**many.to_dict(), "cpu_s": round(cpu, 2), "cpu_us_per_request": _per(cpu, many)}
+            )
+            _say(
+                f"/api/db/test {d.key} round {number}: p50 {one.p50_ms:.2f} ms (1 connection), "
+                f"{many.rps:.0f} rps ({plan.db_test_loaded_connections} connections)"
+            )
+    return report.summarise_db_tests(latency, loaded)
+
+
+def _per(cpu_s: float, result: WrkResult) -> float | None:
+    """The server's CPU microseconds per request of a wrk run."""
+    return round(cpu_s * 1e6 / result.requests, 1) if result.requests else None
+
+
+def _scenarios(
+    plan: Plan,
+    cluster: TemporaryCluster,
+    chosen: list[Design],
+    servers: dict[str, Gunicorn],
+    auth: dict[str, str],
+    deadline_s: float,
+) -> dict[str, Any]:
+    """Each scenario against each design's service; the designs' order alternates."""
+    result: dict[str, Any] = {}
+    for index, name in enumerate(scenarios.SCENARIOS):
+        _say(f"scenario {name}: {plan.scenario_s:g} s per design")
+        result[name] = {}
+        for d in chosen if index % 2 == 0 else chosen[::-1]:
+            result[name][d.key] = scenarios.run_scenario(
+                name, servers[d.service], cluster, auth, plan.scenario_s, deadline_s, _say
+            )
     return result
 
 
@@ -277,15 +361,18 @@ def _profile(plan: Plan, servers: list[Gunicorn], artefacts: Path) -> dict[str, 
     return result
 
 
+_STARTED = time.monotonic()
+
+
 def _say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
+    print(f"[bench {time.monotonic() - _STARTED:5.1f} s] {message}", flush=True)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="short run for CI (< 60 s)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, help="A/B rounds of /api/health vs the floor")
+    parser.add_argument("--rounds", type=int, help="rounds of /api/health over every server")
     parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/)")
     parser.add_argument(
         "--plot",
@@ -293,6 +380,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plot file (default: docs/performance.png for a full run, beside --out for smoke)",
     )
     parser.add_argument("--profile", action="store_true", help="add a py-spy profiled storm")
+    parser.add_argument(
+        "--todays",
+        default=designs.TODAYS_REVISION,
+        metavar="REV",
+        help=f"git revision of today's design (default {designs.TODAYS_REVISION})",
+    )
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""The bench's own PostgreSQL: a throwaway cluster (tests.support) with one migrated database.
+"""The bench's own PostgreSQL: a throwaway cluster (tests.support), a migrated database per design.
 
 Faults (freeze, stop) are injected into this cluster only, never into a shared server.
 """
@@ -14,7 +14,7 @@ from tests.support.pgcluster import TemporaryCluster
 from tests.support.processes import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATABASE_NAME = "bench_service"
+DATABASE_PREFIX = "bench_"
 
 
 def start_cluster() -> TemporaryCluster:
@@ -22,16 +22,16 @@ def start_cluster() -> TemporaryCluster:
     return TemporaryCluster(port=free_port()).start()
 
 
-def create_database(cluster: TemporaryCluster) -> str:
-    """Create the (empty) service database; return its URL."""
-    return cluster.create_database(DATABASE_NAME)
+def create_database(cluster: TemporaryCluster, design: str) -> str:
+    """Create the (empty) database of one design's service; return its URL."""
+    return cluster.create_database(DATABASE_PREFIX + design)
 
 
-def migrate(env: dict[str, str]) -> None:
-    """Migrate DATABASE_URL of `env` as operators do: `flask db upgrade`, in a subprocess."""
+def migrate(env: dict[str, str], root: Path = PROJECT_ROOT) -> None:
+    """Migrate DATABASE_URL of `env` as operators do: `flask db upgrade` of the tree at `root`."""
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=PROJECT_ROOT,
+        cwd=root,
         env=env,
         capture_output=True,
         text=True,
@@ -42,17 +42,17 @@ def migrate(env: dict[str, str]) -> None:
         raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
 
 
-def transactions(cluster: TemporaryCluster) -> int:
-    """Committed plus rolled-back transactions of the service database so far.
+def transactions(cluster: TemporaryCluster, design: str) -> int:
+    """Committed plus rolled-back transactions of one design's database so far.
 
     Asked from the `postgres` database, so the question itself is not counted.
     """
+    name = DATABASE_PREFIX + design
     rows = cluster.psql(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
-        [DATABASE_NAME],
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [name]
     )
     if not rows:
-        raise RuntimeError(f"database {DATABASE_NAME} has no row in pg_stat_database")
+        raise RuntimeError(f"database {name} has no row in pg_stat_database")
     return int(rows[0][0])
 
 

@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LUA_REPORT = Path(__file__).with_name("wrk_report.lua")
+LUA_ANSWERS = Path(__file__).with_name("wrk_answers.lua")  # also counts answers by status, code
 MARKER = "BENCH_JSON "
 
 
@@ -58,6 +59,7 @@ class WrkResult:
     non_2xx: int
     socket_errors: int
     timeouts: int
+    answers: dict[str, int] = field(default_factory=dict)  # by status and code; count_answers
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -72,10 +74,12 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     timeout_s: float = 5.0,
     midway: Callable[[], object] | None = None,
+    count_answers: bool = False,
 ) -> WrkResult:
     """Drive `url` for `duration_s` seconds with `connections` keep-alive connections.
 
     `midway`, if given, is called once half-way through (to look at the servers under load).
+    `count_answers` counts the answers by status and error code (a Lua call per response).
     """
     args = [
         wrk_path(),
@@ -84,7 +88,7 @@ def run_wrk(
         f"-d{max(1, round(duration_s))}s",
         f"--timeout={max(1, round(timeout_s))}s",
         "-s",
-        str(LUA_REPORT),
+        str(LUA_ANSWERS if count_answers else LUA_REPORT),
     ]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
@@ -115,4 +119,5 @@ def run_wrk(
         non_2xx=raw["status"],
         socket_errors=raw["connect"] + raw["read"] + raw["write"],
         timeouts=raw["timeout"],
+        answers=raw.get("answers", {}),
     )

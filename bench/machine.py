@@ -23,6 +23,7 @@ GUNICORN_KEYS = (
     "worker_class",
     "workers",
     "threads",
+    "worker_connections",
     "keepalive",
     "timeout",
     "max_requests",
@@ -39,11 +40,11 @@ _CONF_PROBE = (
 )
 
 
-def gunicorn_settings(env: dict[str, str]) -> dict[str, Any]:
-    """The effective values of gunicorn.conf.py under `env` (workers, threads, recycling...)."""
+def gunicorn_settings(env: dict[str, str], root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The effective values of `root`'s gunicorn.conf.py under `env` (workers, threads...)."""
     result = subprocess.run(
         [sys.executable, "-c", _CONF_PROBE, json.dumps(GUNICORN_KEYS)],
-        cwd=PROJECT_ROOT,
+        cwd=root,
         env=env,
         capture_output=True,
         text=True,

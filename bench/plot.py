@@ -1,7 +1,8 @@
-"""The fault-timeline picture: latency and status of both endpoints, phases shaded.
+"""The pictures: the fault timeline (latency and status of both endpoints, phases shaded), and
+probe latency per scenario for both designs.
 
-A reader should see at a glance when the database froze or stopped, when the 503s began, and how
-fast 200s came back. matplotlib's Agg backend renders without a display.
+A reader should see at a glance when the database froze or stopped, when the 503s began, how
+fast 200s came back, and which design's probes starved. matplotlib's Agg renders without a display.
 """
 
 from __future__ import annotations
@@ -96,6 +97,52 @@ def plot_timeline(timeline: dict[str, Any], settings: dict[str, Any], path: Path
         f"stale after {settings['HEALTH_STALE_AFTER_S']:g} s, "
         f"request deadline {settings['DB_DEADLINE_S']:g} s)",
         fontsize=10,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+DESIGN_STYLE = {"todays": ("today's (gthread)", "#ef6c00"), "new": ("new (gevent)", "#1565c0")}
+
+
+def plot_scenarios(scenarios: dict[str, Any], path: Path) -> Path:
+    """One panel per scenario: every probe's latency over time, both designs; unanswered probes
+    (no answer within the client timeout) drawn as crosses at the timeout."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(scenarios), figsize=(12, 4), sharey=True)
+    for axis, (name, designs) in zip(axes, scenarios.items(), strict=True):
+        for key, scenario in designs.items():
+            label, colour = DESIGN_STYLE.get(key, (key, "#555555"))
+            answered = [s for s in scenario["samples"] if s["status"] != 0]
+            lost = [s for s in scenario["samples"] if s["status"] == 0]
+            axis.scatter(
+                [s["t"] for s in answered],
+                [max(s["latency_ms"], 0.1) for s in answered],
+                s=6,
+                c=colour,
+                label=f"{label}",
+            )
+            axis.scatter(
+                [s["t"] for s in lost],
+                [s["latency_ms"] for s in lost],
+                s=20,
+                c=colour,
+                marker="x",
+                label=f"{label}: no answer ({len(lost)})",
+            )
+        axis.axhline(1000, color="#c62828", linestyle="--", linewidth=0.8)
+        axis.set_yscale("log")
+        axis.set_title(name.replace("_", " "), fontsize=10)
+        axis.set_xlabel("seconds into the scenario")
+        axis.legend(loc="best", fontsize=7, framealpha=0.9)
+    axes[0].set_ylabel("probe latency (ms), live and ready")
+    figure.suptitle(
+        "Health probes (20/s each of live and ready, 1 s timeout) under a frozen database with "
+        "200 clients, 1,500 slow or idle connections, and 200 clients on a healthy database",
+        fontsize=9,
     )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

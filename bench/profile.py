@@ -45,7 +45,7 @@ def start_py_spy(master_pid: int, duration_s: float, raw_path: Path) -> subproce
 
 
 def summarise(raw_path: Path, top: int = 30) -> dict[str, Any]:
-    """Inclusive share of GIL-holding samples per function, in the threads that served requests.
+    """Inclusive share of GIL-holding samples per function, in stacks serving a request.
 
     `service_frames` lists the service's own functions (service/...): their share times the CPU
     cost of a request is what the service adds on top of Flask and gunicorn.
@@ -54,8 +54,8 @@ def summarise(raw_path: Path, top: int = 30) -> dict[str, Any]:
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit() or ";_WorkItem.run (" not in stack:
-            continue  # the master, the health checker, idle pollers
+        if not count_text.isdigit() or "handle_request (" not in stack:
+            continue  # the master, the health checker, idle pollers, the gevent hub
         count = int(count_text)
         total += count
         for frame in {_function(frame) for frame in stack.split(";")}:

@@ -1,8 +1,9 @@
-"""The two servers under test, both started by gunicorn with the project's gunicorn.conf.py.
+"""The servers under test, each started by gunicorn with its own tree's gunicorn.conf.py.
 
-The service is `wsgi:app` (the conf's wsgi_app); the floor is `bench.floor_app:app`, given on the
-command line, which overrides wsgi_app and nothing else. Both get the same environment, so the
-conf validates the same settings and sizes both alike (workers, threads, keepalive, recycling).
+Per design (bench/designs.py), the service is `wsgi:app` (the conf's wsgi_app) and the floor is
+`bench.floor_app:app` of the same tree, given on the command line, which overrides wsgi_app and
+nothing else. Both get the same environment, so the conf validates the same settings and sizes
+both alike (workers, threads or connections, keepalive, recycling).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -100,28 +102,40 @@ class Gunicorn:
         return "\n".join(own[-lines:])
 
     def stop(self) -> None:
-        self.process.terminate(timeout=30)
+        """SIGINT: gunicorn's quick shutdown (the bench does not measure a graceful one)."""
+        self.process.terminate(signal.SIGINT, timeout=30)
 
 
 def start_gunicorn(
-    name: str, env: dict[str, str], log_dir: Path, app_uri: str | None = None
+    name: str,
+    env: dict[str, str],
+    log_dir: Path,
+    app_uri: str | None = None,
+    root: Path = PROJECT_ROOT,
 ) -> Gunicorn:
-    """Start gunicorn -c gunicorn.conf.py [APP] on a free port; return once every worker serves."""
+    """Start gunicorn -c gunicorn.conf.py [APP] in `root`; return at once (see `wait_serving`).
+
+    `python -m` puts the working directory first on sys.path, so `root`'s own service, wsgi and
+    bench packages are the ones imported, whatever tree this bench runs from.
+    """
     port = free_port()
     args = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
     if app_uri is not None:
         args.append(app_uri)
     process = ServerProcess(
-        args, env={**env, "PORT": str(port)}, cwd=PROJECT_ROOT, log_path=log_dir / f"{name}.log"
+        args, env={**env, "PORT": str(port)}, cwd=root, log_path=log_dir / f"{name}.log"
     ).start()
-    server = Gunicorn(name, process, f"http://127.0.0.1:{port}")
+    return Gunicorn(name, process, f"http://127.0.0.1:{port}")
+
+
+def wait_serving(server: Gunicorn) -> None:
+    """Return once the server answers and every worker has booted; stop it if it never does."""
     try:
-        process.wait_http_ok(f"{server.base_url}/api/health", timeout=60)
+        server.process.wait_http_ok(f"{server.base_url}/api/health", timeout=60)
         _wait_workers_settled(server)
     except BaseException:
         server.stop()
         raise
-    return server
 
 
 def _cpu_ticks(pid: int, *, children: bool) -> tuple[int, ...]:

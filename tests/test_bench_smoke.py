@@ -1,8 +1,10 @@
-"""The benchmark still runs end to end: `python -m bench --smoke` (about 40 s).
+"""The benchmark still runs end to end: `python -m bench --smoke` (about a minute).
 
 Numbers are not compared with the targets here (CI machines are noisy; docs/performance.md holds
-the targets). This only proves that every section is produced with values that make sense, so a
-change to the service, gunicorn.conf.py or the test support cannot silently break the benchmark.
+the targets). This proves that every section is produced, for both designs (today's, checked out
+from git history by the bench, and this tree's), with values that make sense, and that the new
+design answered every probe under each scenario, so a change to the service, gunicorn.conf.py or
+the test support cannot silently break the benchmark or the probes' isolation.
 wrk is required: without it the bench exits 2 with the install command, and this test fails.
 """
 
@@ -18,6 +20,10 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PHASES = ["healthy", "frozen", "thawed", "stopped", "restarted"]
+DESIGNS = ("todays", "new")
+SERVERS = [f"{design}-{role}" for design in DESIGNS for role in ("service", "floor")]
+SCENARIOS = ("frozen", "slow_clients", "saturation")
+PROBES = ("/api/health/live", "/api/health/ready")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=140,
         check=False,
     )
     output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -39,44 +45,101 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(out.read_text())
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 
-def test_meta_records_the_machine_and_settings(smoke: dict) -> None:
+def test_meta_records_the_machine_and_both_designs(smoke: dict) -> None:
     meta = smoke["meta"]
     assert meta["mode"] == "smoke"
     assert meta["machine"]["nproc"] >= 1
     assert meta["machine"]["versions"]["wrk"].startswith("wrk")
-    assert meta["gunicorn"]["workers_running"] >= 1
+    assert not meta["todays_skipped"], "today's design was not checked out from git history"
+    assert list(meta["designs"]) == list(DESIGNS)
+    assert meta["designs"]["todays"]["gunicorn"]["worker_class"] == "gthread"
+    assert meta["designs"]["new"]["gunicorn"]["worker_class"] == "service.server.Worker"
+    for design in meta["designs"].values():
+        assert design["gunicorn"]["workers_running"] >= 1
     assert meta["settings"]["HEALTH_STALE_AFTER_S"] > meta["settings"]["HEALTH_CHECK_INTERVAL_S"]
     assert meta["elapsed_s"] < 90
 
 
-def test_health_and_floor_were_both_driven(smoke: dict) -> None:
+def test_every_server_was_driven(smoke: dict) -> None:
     health = smoke["health_throughput"]
-    assert len(health["rounds"]) == 2
+    assert len(health["rounds"]) == 1
     for run in health["rounds"]:
-        for server in ("service", "floor"):
-            assert run[server]["requests"] > 0
-            assert run[server]["non_2xx"] == 0
-            assert 0 < run[server]["p50_ms"] <= run[server]["p99_ms"]
-    assert health["summary"]["ratio_median"] > 0
-    assert health["summary"]["cpu_ratio_overall"] > 0
+        assert sorted(run["runs"]) == sorted(SERVERS)
+        for server in SERVERS:
+            assert run["runs"][server]["requests"] > 0
+            assert run["runs"][server]["non_2xx"] == 0
+            assert 0 < run["runs"][server]["p50_ms"] <= run["runs"][server]["p99_ms"]
+    for design in DESIGNS:
+        assert health["summary"]["designs"][design]["ratio_median"] > 0
+        assert health["summary"]["designs"][design]["cpu_ratio_overall"] > 0
+    assert health["summary"]["new_vs_todays"]["ratio_median"] > 0
 
 
-def test_probe_storm_counted_transactions(smoke: dict) -> None:
-    storm = smoke["probe_storm"]
-    assert storm["health_requests"] > 0
-    assert storm["seconds"] > 0
-    assert storm["xacts"] >= 0
-    assert storm["expected_per_s"] > 0
+def test_probe_storm_counted_transactions_per_design(smoke: dict) -> None:
+    for design in DESIGNS:
+        storm = smoke["probe_storm"][design]
+        assert storm["health_requests"] > 0
+        assert storm["seconds"] > 0
+        assert storm["xacts"] >= 0
+        assert storm["expected_per_s"] > 0
 
 
-def test_db_test_answered(smoke: dict) -> None:
-    for key in ("latency", "loaded"):
-        db_test = smoke["db_test"][key]
-        assert db_test["non_2xx"] == 0
-        assert 0 < db_test["p50_ms"] <= db_test["p99_ms"]
+def test_db_test_answered_by_both_designs(smoke: dict) -> None:
+    for design in DESIGNS:
+        for key in ("latency", "loaded"):
+            db_test = smoke["db_test"]["designs"][design][key]
+            assert db_test["non_2xx"] == 0
+            assert 0 < db_test["p50_ms"] <= db_test["p99_ms"]
+    assert smoke["db_test"]["new_vs_todays"]["ratio_median"] > 0
+
+
+def test_every_scenario_sampled_probes_of_both_designs(smoke: dict) -> None:
+    for name in SCENARIOS:
+        for design in DESIGNS:
+            probes = smoke["scenarios"][name][design]["probes"]
+            for path in PROBES:
+                assert probes[path]["requests"] > 0
+                assert probes[path]["p50_ms"] is not None
+                assert probes[path]["p50_ms"] <= probes[path]["p99_ms"] <= probes[path]["max_ms"]
+    for design in DESIGNS:
+        held = smoke["scenarios"]["slow_clients"][design]["held"]
+        assert held["min_open"] == {"slow": 500, "idle": 1000}
+
+
+def _assert_every_probe_answered(smoke: dict, name: str) -> None:
+    probes = smoke["scenarios"][name]["new"]["probes"]
+    for path in PROBES:
+        assert probes[path]["unanswered"] == 0, f"{name}: a {path} probe timed out"
+        assert probes[path]["max_ms"] < 1000, f"{name}: {path} took {probes[path]['max_ms']}"
+    live = probes["/api/health/live"]
+    assert live["statuses"] == {"200": live["requests"]}
+
+
+@pytest.mark.parametrize("name", ["frozen", "slow_clients"])
+def test_new_design_answers_every_probe(smoke: dict, name: str) -> None:
+    """The new design's point: probes never wait behind the database or slow clients."""
+    _assert_every_probe_answered(smoke, name)
+
+
+@pytest.mark.xfail(
+    reason="measured miss (docs/performance.md): under saturation a few probes time out as "
+    "200 connections arrive at once",
+    strict=False,
+)
+def test_new_design_answers_every_probe_under_saturation(smoke: dict) -> None:
+    _assert_every_probe_answered(smoke, "saturation")
+
+
+def test_new_design_answers_every_request_in_json(smoke: dict) -> None:
+    frozen = smoke["scenarios"]["frozen"]["new"]["db_test"]
+    assert frozen["requests"] > 0
+    assert set(frozen["answers"]) <= {"503 overloaded", "503 timeout", "503 database_unavailable"}
+    saturated = smoke["scenarios"]["saturation"]["new"]["db_test"]
+    assert saturated["answers"].get("200", 0) > 0
+    assert set(saturated["answers"]) <= {"200", "503 overloaded", "503 timeout"}
 
 
 def test_fault_timeline_walked_every_phase(smoke: dict) -> None:
@@ -93,9 +156,9 @@ def test_fault_timeline_walked_every_phase(smoke: dict) -> None:
 
 
 def test_memory_and_targets_are_reported(smoke: dict) -> None:
-    for server in ("service", "floor"):
+    for server in SERVERS:
         memory = smoke["memory"][server]
         assert memory["worker_count"] >= 1
         assert 0 < memory["worker_pss_mib"] <= memory["worker_rss_mib"]
-    assert len(smoke["targets"]) >= 8
+    assert len(smoke["targets"]) >= 15
     assert all(isinstance(target["pass"], bool) for target in smoke["targets"])
