@@ -99,21 +99,26 @@ def _start_clock() -> None:
     g.metrics_started = time.perf_counter()
 
 
+def record(endpoint: str, method: str, status: int, elapsed_s: float) -> None:
+    """Count one answered request and its latency."""
+    method = method if method in KNOWN_METHODS else "other"
+    key = (endpoint, method, status)
+    counted = _children.get(key)
+    if counted is None:  # labels() validates and locks: once per label set, not per request
+        code = str(status)
+        counted = REQUESTS.labels(endpoint, method, code), LATENCY.labels(endpoint, code)
+        _children[key] = counted
+    counted[0].inc()
+    counted[1].observe(elapsed_s)
+
+
 def _record_request(response: Response) -> Response:
     """Runs for error responses too (Flask finalizes those through after_request)."""
     started = g.get("metrics_started")
     if started is not None:
         rule = request.url_rule
         endpoint = rule.endpoint if rule is not None else UNMATCHED
-        method = request.method if request.method in KNOWN_METHODS else "other"
-        key = (endpoint, method, response.status_code)
-        counted = _children.get(key)
-        if counted is None:  # labels() validates and locks: once per label set, not per request
-            status = str(response.status_code)
-            counted = REQUESTS.labels(endpoint, method, status), LATENCY.labels(endpoint, status)
-            _children[key] = counted
-        counted[0].inc()
-        counted[1].observe(time.perf_counter() - started)
+        record(endpoint, request.method, response.status_code, time.perf_counter() - started)
     return response
 
 

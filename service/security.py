@@ -11,20 +11,20 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Request, abort, current_app, request
+from flask import abort, current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from service.config import Settings
 
 
-def is_ops_caller(req: Request, settings: Settings) -> bool:
-    """True when this request may see operational detail."""
+def is_ops_caller(authorization: str | None, settings: Settings) -> bool:
+    """True when a request with this Authorization header may see operational detail."""
     if not settings.is_production:
         return True
     if settings.ops_token is None:
         return False
-    scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
     return hmac.compare_digest(token.strip().encode(), settings.ops_token.encode())
@@ -38,7 +38,7 @@ def ops_only(view: Callable[..., Any]) -> Callable[..., Any]:
         settings: Settings = current_app.config["SETTINGS"]
         if settings.is_production and settings.ops_token is None:
             abort(404)
-        if not is_ops_caller(request, settings):
+        if not is_ops_caller(request.headers.get("Authorization"), settings):
             raise Unauthorized(www_authenticate=WWWAuthenticate("Bearer"))
         return view(*args, **kwargs)
 

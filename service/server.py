@@ -6,7 +6,8 @@ deadline on request heads, and errors in the service's JSON shape. Why: docs/arc
 
 from __future__ import annotations
 
-import gc
+import logging
+import os
 import socket
 from datetime import timedelta
 from typing import Any
@@ -46,7 +47,16 @@ class Worker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error  # gunicorn's own errors, in the service's shape
-        super().init_process()
+        try:
+            super().init_process()  # returns, or exits 0 on SIGQUIT/SIGINT, once it has stopped
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                raise
+        # A forked child ends without the interpreter's teardown, as multiprocessing's do: it
+        # walks the whole inherited heap, which held a quick shutdown for seconds.
+        self.log.info("Worker exiting (pid: %s)", self.pid)
+        logging.shutdown()
+        os._exit(0)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -57,7 +67,6 @@ class Worker(GeventWorker):
             super().run()
         finally:
             service.stop_serving(self.wsgi)
-            gc.freeze()  # the process ends: its last collection need not walk the whole heap
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         if self.cfg.is_ssl:  # TLS is terminated in front of the service; keep gunicorn's path

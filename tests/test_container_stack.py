@@ -182,8 +182,9 @@ def stack(
         yield stack
     finally:
         stack.compose("--profile", "pgbouncer", "down", "-v", "--remove-orphans", check=False)
-        if request.config.cache is not None:  # absent with -p no:cacheprovider
-            request.config.cache.set("containers/facts", stack.facts)
+        cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+        if cache is not None:
+            cache.set("containers/facts", stack.facts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,21 +1,41 @@
-"""The `health` blueprint: liveness, readiness and the load balancers' health report.
+"""The `health` blueprint: liveness, readiness and the load balancers' report, from memory.
 
-None of the views touches the database: they read the background checker's latest look.
+Registering the blueprint puts `ProbeResponder` in front of Flask: the three routes below are
+answered there, from the checker's latest look, and nowhere else. Why not Flask views: the
+probes' cost, docs/architecture.md ("Request path").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import MethodNotAllowed
 
+from service import metrics
 from service.config import Settings
+from service.errors import error_body
 from service.health.checker import DatabaseProbe
 from service.health.monitor import HealthMonitor
 from service.health.report import MEDIA_TYPE
+from service.logs import REQUEST_ID_HEADER, request_id_from
 from service.security import is_ops_caller
 
-bp = Blueprint("health", __name__, url_prefix="/api/health")
+# path -> (probe, its name in the metrics, as a Flask endpoint would be named)
+ROUTES = {
+    "/api/health/live": ("live", "health.live"),
+    "/api/health/ready": ("ready", "health.ready"),
+    "/api/health": ("health", "health.health"),
+}
+METHODS = ("GET", "HEAD")
+
+bp = Blueprint("health", __name__)
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def init_app(
@@ -30,28 +50,37 @@ def init_app(
     app.extensions["health"] = HealthMonitor(settings, probe, version)
 
 
-def _respond(probe: str) -> Response:
-    monitor = current_app.extensions["health"]
-    include_output = is_ops_caller(request, monitor.settings)
-    status, body, cache_control = monitor.respond(probe, include_output=include_output)
-    response = Response(body, status=status, mimetype=MEDIA_TYPE)
-    response.headers["Cache-Control"] = cache_control
-    return response
+@bp.record_once
+def _answer_probes(state: BlueprintSetupState) -> None:
+    app = state.app
+    app.wsgi_app = ProbeResponder(app.wsgi_app, app.extensions["health"])  # type: ignore[method-assign]
 
 
-@bp.get("/live")
-def live() -> Response:
-    """Liveness: the process serves requests. Never depends on the database."""
-    return _respond("live")
+class ProbeResponder:
+    """WSGI: answers the routes of ROUTES from the monitor; hands every other request on."""
 
+    def __init__(self, wsgi_app: WsgiApp, monitor: HealthMonitor) -> None:
+        self.wsgi_app = wsgi_app
+        self.monitor = monitor
 
-@bp.get("/ready")
-def ready() -> Response:
-    """Readiness: the database answers, the schema is not behind, the process is not draining."""
-    return _respond("ready")
-
-
-@bp.get("")
-def health() -> Response:
-    """The load balancers' endpoint: readiness's verdict with the full report."""
-    return _respond("health")
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        route = ROUTES.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return self.wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        probe, endpoint = route
+        method = environ.get("REQUEST_METHOD", "GET")
+        headers = [(REQUEST_ID_HEADER, request_id_from(environ.get("HTTP_X_REQUEST_ID")))]
+        if method in METHODS:
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            include_output = is_ops_caller(authorization, self.monitor.settings)
+            status, body, cache_control = self.monitor.respond(probe, include_output=include_output)
+            headers += [("Content-Type", MEDIA_TYPE), ("Cache-Control", cache_control)]
+        else:
+            status = 405
+            body = error_body("method_not_allowed", MethodNotAllowed.description)
+            headers += [("Content-Type", "application/json"), ("Allow", ", ".join(METHODS))]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        metrics.record(endpoint, method, status, time.perf_counter() - started)
+        return [] if method == "HEAD" else [body]
