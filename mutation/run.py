@@ -1,0 +1,184 @@
+"""Run cosmic-ray over every module that carries a guarantee, each against its own fast tests.
+
+    python -m mutation.run [module ...]     (make mutation; MUTATION_JOBS=2 lanes by default)
+
+cosmic-ray mutates files in place, so each lane works in its own copy of the project (tests start
+gunicorn and `flask` from the project root, which is then the copy). Sessions and the report are
+written to .mutation/. Exit status 1 when a module scores below the threshold.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / ".mutation"
+THRESHOLD = 90.0
+PYTEST = "-m pytest -x -q -p no:cacheprovider -W ignore::pytest.PytestUnraisableExceptionWarning"
+
+
+@dataclass(frozen=True)
+class Module:
+    path: str  # relative to the project root
+    tests: tuple[str, ...]  # pytest arguments: the fast tests that state this module's guarantees
+    timeout_s: float  # per mutant; a mutant that hangs the tests counts as killed
+
+
+MODULES = {
+    "config": Module(
+        "service/config.py",
+        ("tests/test_settings_boundaries.py", "tests/test_config.py", "-k", "not stops_the_process"),
+        60,
+    ),
+    "security": Module(
+        "service/security.py",
+        ("tests/test_security.py",),
+        60,
+    ),
+    "errors": Module("service/errors.py", ("tests/test_errors.py",), 60),
+    "deadlines": Module("service/deadlines.py", ("tests/test_deadlines.py",), 60),
+    "database": Module(
+        "service/database.py",
+        ("tests/test_errors.py", "tests/test_deadlines.py", "tests/test_database_options.py"),
+        90,
+    ),
+    "health/report": Module(
+        "service/health/report.py",
+        ("tests/test_health_verdict.py", "tests/test_health_report_boundaries.py"),
+        60,
+    ),
+    "health/checker": Module(
+        "service/health/checker.py",
+        ("tests/test_health_checker.py",),
+        60,
+    ),
+    "health/monitor": Module(
+        "service/health/monitor.py",
+        ("tests/test_health_checker.py", "tests/test_security.py"),
+        60,
+    ),
+    "server": Module("service/server.py", ("tests/test_worker.py",), 120),
+}
+
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "node_modules", "instance", "__pycache__", ".pytest_cache", ".ruff_cache",
+    ".mutation",
+)  # fmt: skip
+
+
+def config_text(name: str, module: Module) -> str:
+    tests = shlex.join(module.tests)
+    return (
+        "[cosmic-ray]\n"
+        f'module-path = "{module.path}"\n'
+        f"timeout = {module.timeout_s}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{sys.executable} {PYTEST} {tests}"\n'
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+
+
+def run_module(name: str, module: Module, lane: Path) -> None:
+    """init, skip what is not an operator, baseline, exec: one session file per module."""
+    slug = name.replace("/", "_")
+    config, session = OUT / f"{slug}.toml", OUT / f"{slug}.sqlite"
+    config.write_text(config_text(name, module))
+    session.unlink(missing_ok=True)
+    tool = [sys.executable, "-m", "cosmic_ray.cli"]
+    started = time.monotonic()
+    for step in (
+        [*tool, "init", str(config), str(session)],
+        [sys.executable, str(ROOT / "mutation" / "not_operators.py"), str(session)],
+        [*tool, "baseline", str(config)],
+        [*tool, "exec", str(config), str(session)],
+    ):
+        subprocess.run(step, cwd=lane, check=True, stdout=subprocess.DEVNULL)
+    print(f"{name}: done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def summarize(name: str) -> tuple[int, int, int, list[str]]:
+    """(mutants tested, killed, skipped, survivors as 'line: operator')."""
+    session = OUT / f"{name.replace('/', '_')}.sqlite"
+    tested = killed = skipped = 0
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                skipped += 1
+                continue
+            tested += 1
+            if result.test_outcome != TestOutcome.SURVIVED:
+                killed += 1
+                continue
+            for mutation in item.mutations:
+                line = mutation.start_pos[0]
+                survivors.append(f"{line}: {mutation.operator_name} #{mutation.occurrence}")
+    return tested, killed, skipped, survivors
+
+
+def main(names: list[str]) -> int:
+    names = names or list(MODULES)
+    OUT.mkdir(exist_ok=True)
+    jobs = max(1, int(os.environ.get("MUTATION_JOBS", "2")))
+    work: queue.Queue[str] = queue.Queue()
+    for name in names:
+        work.put(name)
+    failures: list[str] = []
+    started = time.monotonic()
+
+    def lane(number: int) -> None:
+        copy = OUT / f"lane-{number}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        while True:
+            try:
+                name = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run_module(name, MODULES[name], copy)
+            except subprocess.CalledProcessError as error:
+                failures.append(f"{name}: {error}")
+
+    threads = [threading.Thread(target=lane, args=(n,)) for n in range(min(jobs, len(names)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+
+    lines = ["| module | mutants | killed | survived | score |", "|---|---|---|---|---|"]
+    below = []
+    details = []
+    for name in names:
+        if not (OUT / f"{name.replace('/', '_')}.sqlite").exists():
+            continue
+        tested, killed, skipped, survivors = summarize(name)
+        score = 100.0 * killed / tested if tested else 100.0
+        lines.append(f"| {name} | {tested} | {killed} | {tested - killed} | {score:.1f} % |")
+        if score < THRESHOLD:
+            below.append(name)
+        details += [f"{name}:{survivor}" for survivor in survivors]
+    report = "\n".join([*lines, "", f"{elapsed / 60:.1f} minutes", "", "survivors:", *details])
+    (OUT / "report.md").write_text(report + "\n")
+    print(report)
+    for failure in failures:
+        print("error:", failure, file=sys.stderr)
+    return 1 if below or failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
