@@ -71,8 +71,8 @@ class NotOperatorsFilter(FilterApp):
                 path = Path(mutation.module_path)
                 source = sources.setdefault(path, path.read_text())
                 if not is_real_operator(source, tuple(mutation.start_pos)):
-                    result = WorkResult(output="not an operator", worker_outcome=WorkerOutcome.SKIPPED)
-                    work_db.set_result(item.job_id, result)
+                    skipped = WorkerOutcome.SKIPPED
+                    work_db.set_result(item.job_id, WorkResult("not an operator", skipped))
                     break
 
 
