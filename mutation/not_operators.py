@@ -72,7 +72,7 @@ class NotOperatorsFilter(FilterApp):
                 source = sources.setdefault(path, path.read_text())
                 if not is_real_operator(source, tuple(mutation.start_pos)):
                     skipped = WorkerOutcome.SKIPPED
-                    work_db.set_result(item.job_id, WorkResult("not an operator", skipped))
+                    work_db.set_result(item.job_id, WorkResult(skipped, "not an operator"))
                     break
 
 
