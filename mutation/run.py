@@ -23,6 +23,8 @@ from pathlib import Path
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
+from tests.support.service import ADMIN_URL, DatabaseFactory, migrate, require_postgresql
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".mutation"
 THRESHOLD = 90.0
@@ -91,7 +93,7 @@ def config_text(name: str, module: Module) -> str:
     )
 
 
-def run_module(name: str, module: Module, lane: Path) -> None:
+def run_module(name: str, module: Module, lane: Path, env: dict[str, str]) -> None:
     """init, skip what is not an operator, baseline, exec: one session file per module."""
     slug = name.replace("/", "_")
     config, session = OUT / f"{slug}.toml", OUT / f"{slug}.sqlite"
@@ -105,7 +107,7 @@ def run_module(name: str, module: Module, lane: Path) -> None:
         [*tool, "baseline", str(config)],
         [*tool, "exec", str(config), str(session)],
     ):
-        subprocess.run(step, cwd=lane, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(step, cwd=lane, env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"{name}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -137,27 +139,38 @@ def main(names: list[str]) -> int:
     for name in names:
         work.put(name)
     failures: list[str] = []
+    environments: dict[int, dict[str, str]] = {}
     started = time.monotonic()
 
     def lane(number: int) -> None:
         copy = OUT / f"lane-{number}"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        url = databases.create("svc_mutation")
+        migrate(url)
+        environments[number] = {**os.environ, "TEST_MIGRATED_DATABASE_URL": url}
         while True:
             try:
                 name = work.get_nowait()
             except queue.Empty:
                 return
             try:
-                run_module(name, MODULES[name], copy)
+                run_module(name, MODULES[name], copy, environments[number])
             except subprocess.CalledProcessError as error:
                 failures.append(f"{name}: {error}")
+
+    # One migrated database per lane, so that no mutant pays for `flask db upgrade`.
+    require_postgresql()
+    databases = DatabaseFactory(ADMIN_URL)
 
     threads = [threading.Thread(target=lane, args=(n,)) for n in range(min(jobs, len(names)))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        databases.drop_all()
     elapsed = time.monotonic() - started
 
     lines = ["| module | mutants | killed | survived | score |", "|---|---|---|---|---|"]
