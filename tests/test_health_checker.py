@@ -1,0 +1,169 @@
+"""The background checker and the monitor, as the database, the probes and the log see them.
+
+One plain connection per worker, reused between checks (and idle, not idle in a transaction);
+a failed check drops it and the next one reconnects; each verdict change is one log line; the very
+first probe of a process waits briefly for the first look instead of answering `starting`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+from flask import Flask
+
+from tests.support.processes import wait_for
+from tests.test_health_endpoints import body_json, query, wait_for_response
+
+
+def checker_sessions(url: str, service_id: str) -> list[tuple[int, str]]:
+    """(backend pid, state) of the checker's sessions, by its application_name."""
+    return query(
+        url,
+        "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s",
+        (f"{service_id}-health",),
+    )
+
+
+def health_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith("health status")
+    ]
+
+
+def ready(app: Flask) -> tuple[int, dict]:
+    response = app.test_client().get("/api/health/ready")
+    return response.status_code, body_json(response)
+
+
+def test_the_first_probe_waits_for_the_first_look(make_app) -> None:
+    app = make_app()
+    assert ready(app) == (200, {"status": "pass"})  # not 503 "starting"
+
+
+def test_one_idle_connection_reused_between_checks(make_app, database_url) -> None:
+    service_id = f"checker-{uuid.uuid4().hex[:8]}"
+    app = make_app(SERVICE_ID=service_id)
+    ready(app)
+    first = wait_for(lambda: checker_sessions(database_url, service_id), 5)
+    time.sleep(0.5)  # several checks later
+    assert checker_sessions(database_url, service_id) == [(first[0][0], "idle")]
+    app.extensions["health"].stop()
+    assert checker_sessions(database_url, service_id) == []  # stop closes it
+
+
+def test_without_app_pooling_the_checker_keeps_no_connection(make_app, database_url) -> None:
+    service_id = f"checker-{uuid.uuid4().hex[:8]}"
+    app = make_app(SERVICE_ID=service_id, DB_POOL="null", HEALTH_CHECK_INTERVAL_S="0.3")
+    assert ready(app)[0] == 200
+    pids = set()
+    for _ in range(10):
+        pids.update(pid for pid, _ in checker_sessions(database_url, service_id))
+        time.sleep(0.1)
+    assert len(pids) <= 1  # at most one check in flight, never one kept open
+    time.sleep(0.1)
+    later = {pid for pid, _ in checker_sessions(database_url, service_id)}
+    assert not (later & pids) or not later
+
+
+def test_a_dropped_connection_warns_once_then_recovers_with_a_new_one(
+    make_app, database_url, caplog
+) -> None:
+    service_id = f"checker-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.INFO, logger="service.health.monitor"):
+        app = make_app(SERVICE_ID=service_id, HEALTH_CHECK_INTERVAL_S="0.2")
+        assert ready(app)[0] == 200
+        ((old_pid, _),) = wait_for(lambda: checker_sessions(database_url, service_id), 5)
+        query(database_url, "SELECT pg_terminate_backend(%s)", (old_pid,))
+        warned = wait_for_response(
+            app.test_client(), "/api/health", lambda r: body_json(r)["status"] == "warn"
+        )
+        assert warned.status_code == 200
+        assert body_json(warned)["notes"] == ["database_unavailable"]
+        (check,) = body_json(warned)["checks"]["postgresql:responseTime"]
+        assert check["status"] == "warn" and check["observedValue"] is None
+        assert "terminat" in check["output"] or "closed" in check["output"]
+        wait_for(lambda: ready(app) == (200, {"status": "pass"}), 5)
+        ((new_pid, _),) = checker_sessions(database_url, service_id)
+    assert new_pid != old_pid
+    assert health_lines(caplog) == [
+        ("INFO", "health status unknown -> pass (all checks pass)"),
+        ("WARNING", "health status pass -> warn (database_unavailable)"),
+        ("INFO", "health status warn -> pass (all checks pass)"),
+    ]
+
+
+def test_a_check_blocked_past_its_timeout_is_a_timeout_then_stale(make_app, database_url) -> None:
+    app = make_app()
+    assert ready(app)[0] == 200
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(database_url)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                release.wait(10)
+            connection.rollback()
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        client = app.test_client()
+        warned = wait_for_response(
+            client,
+            "/api/health/ready",
+            lambda r: r.status_code == 200 and body_json(r)["status"] == "warn",
+        )
+        assert body_json(warned) == {"status": "warn", "notes": ["timeout"]}
+        failed = wait_for_response(client, "/api/health/ready", lambda r: r.status_code == 503)
+        assert body_json(failed) == {"status": "fail", "notes": ["timeout"]}
+    finally:
+        release.set()
+        holder.join(10)
+    wait_for(lambda: ready(app)[0] == 200, 5)
+
+
+def test_latency_is_reported_in_milliseconds(make_app) -> None:
+    app = make_app()
+    response = wait_for_response(app.test_client(), "/api/health", lambda r: r.status_code == 200)
+    (check,) = body_json(response)["checks"]["postgresql:responseTime"]
+    assert 0 < check["observedValue"] < 300  # a local query: well under the check timeout
+    assert round(check["observedValue"], 3) == check["observedValue"]
+
+
+def test_the_pool_in_use_is_reported_per_worker(make_app) -> None:
+    from service.extensions import db
+
+    app = make_app(DB_POOL_SIZE="2", DB_MAX_OVERFLOW="1")
+    client = app.test_client()
+    with app.app_context(), db.engine.connect(), db.engine.connect():
+        response = wait_for_response(
+            client,
+            "/api/health",
+            lambda r: body_json(r)["checks"]["postgresql:connections"][0]["observedValue"] == 2,
+        )
+    (connections,) = body_json(response)["checks"]["postgresql:connections"]
+    assert (connections["observedValue"], connections["poolSize"]) == (2, 3)
+    assert connections["status"] == "pass"  # 2/3 is below 90 %
+
+
+def test_a_missing_schema_is_an_answer_not_an_outage(make_app, databases) -> None:
+    app = make_app(DATABASE_URL=databases.create())
+    response = wait_for_response(app.test_client(), "/api/health", lambda r: r.status_code == 503)
+    body = body_json(response)
+    assert body["notes"] == ["schema_missing"]
+    (check,) = body["checks"]["postgresql:responseTime"]
+    assert check["status"] == "pass" and check["observedValue"] > 0
