@@ -54,6 +54,10 @@ DOCUMENTED_DEFAULTS = {
     "gunicorn_error_log": "-",
     "gunicorn_log_level": "info",
     "forwarded_allow_ips": "127.0.0.1,::1",
+    # Documented in .env.example and docs/architecture.md ("Serving", "Shutdown").
+    "gunicorn_worker_connections": 1000,
+    "shutdown_drain_s": 5.0,
+    "request_head_timeout_s": 10.0,
 }
 
 
@@ -180,6 +184,7 @@ def test_the_drain_must_end_before_the_graceful_timeout() -> None:
         ("postgresql://app@db", "the URL names no database"),
         ("mysql://app@db/app", "scheme 'mysql' is not supported"),
         ("sqlite+aiosqlite:///x.db", "scheme 'sqlite' is not supported"),
+        ("trino://app@db/app", "scheme 'trino' is not supported"),
     ],
 )
 def test_database_url_limits(url: str, message: str) -> None:
@@ -215,3 +220,21 @@ def test_secrets_lists_every_password_and_token_once() -> None:
     assert load().masked_database_url.startswith("sqlite:///")
     assert "pw-one" not in loaded.masked_database_url
     assert "pw-one" not in repr(loaded) and "secret-key-value" not in repr(loaded)
+
+
+def test_the_backend_is_known_from_the_url() -> None:
+    assert load(DATABASE_URL=PG).is_postgresql
+    assert not load().is_postgresql  # the SQLite default
+
+
+def test_the_repr_of_settings_names_no_database_and_no_secret() -> None:
+    """Settings end up in tracebacks and debug logs: the URLs are secrets, like the token."""
+    loaded = load(
+        DATABASE_URL="postgresql://app-user@db.internal/appdb",
+        MIGRATION_DATABASE_URL="postgresql://owner-user@db.internal/appdb",
+        OPS_TOKEN="t" * 20,
+    )
+    shown = repr(loaded)
+    for hidden in ("app-user", "owner-user", "db.internal", "appdb", "t" * 20):
+        assert hidden not in shown
+    assert "service_id='db-service'" in shown
