@@ -55,9 +55,19 @@ def test_the_default_thresholds_reach_the_verdict() -> None:
     assert assess(below, NOW, SCHEMA, defaults) == Verdict("pass")
 
 
-def test_an_empty_pool_of_capacity_zero_never_warns() -> None:
+def test_an_app_without_a_pool_never_warns_about_it_even_at_ratio_zero() -> None:
+    always = make_settings(HEALTH_WARN_POOL_RATIO="0")
     unpooled = snapshot(observation(pool_in_use=0, pool_capacity=None))
-    assert statuses(report(unpooled))[2] == "pass"
+    assert assess(unpooled, NOW, SCHEMA, always) == Verdict("pass")
+    assert statuses(report(unpooled, always))[2] == "pass"
+    pooled = snapshot(observation(pool_in_use=0, pool_capacity=10))
+    assert assess(pooled, NOW, SCHEMA, always) == Verdict("warn", ("pool_nearly_exhausted",))
+
+
+def test_a_zero_latency_threshold_warns_on_any_measurable_latency() -> None:
+    zero = make_settings(HEALTH_WARN_LATENCY_MS="0")
+    assert statuses(report(snapshot(observation(latency_ms=0.0)), zero))[:2] == ("pass", "pass")
+    assert statuses(report(snapshot(observation(latency_ms=0.001)), zero))[:2] == ("warn", "warn")
 
 
 def test_version_is_the_major_part_and_release_id_defaults_to_the_full_version() -> None:
