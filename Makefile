@@ -29,7 +29,7 @@ bench: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Mutation testing of the modules that carry a guarantee (docs/testing.md); not part of `make test`.
-# MUTATION_ARGS=errors runs one module; MUTATION_JOBS sets the parallel lanes (default 2).
+# MUTATION_ARGS=errors runs one module; MUTATION_JOBS sets the parallel lanes (default 3).
 mutation: $(VENV)/.dev
 	$(BIN)/python -m mutation.run $(MUTATION_ARGS)
 
