@@ -52,7 +52,9 @@ def connect_args(
     if settings.db_pool == "queue" or statement_timeout_ms is not None:
         # PgBouncer refuses the `options` start-up parameter: with DB_POOL=null the timeouts are
         # set per transaction instead (see `prepare_engine`). Migrations connect directly.
-        statement = settings.db_statement_timeout_ms if statement_timeout_ms is None else 0
+        statement = statement_timeout_ms
+        if statement is None:
+            statement = settings.db_statement_timeout_ms
         args["options"] = (
             f"-c statement_timeout={statement} -c lock_timeout={settings.db_lock_timeout_ms}"
         )
@@ -105,7 +107,7 @@ def prepare_engine(engine: Engine, settings: Settings) -> Engine:
         @event.listens_for(engine, "begin")
         def _set_local_timeouts(connection: Any) -> None:
             dbapi_connection = connection.connection.dbapi_connection
-            if getattr(dbapi_connection, "autocommit", False):
+            if dbapi_connection.autocommit:  # psycopg2's: this engine is PostgreSQL
                 return  # SET LOCAL means nothing outside a transaction block
             with dbapi_connection.cursor() as cursor:
                 cursor.execute(statement)
