@@ -50,10 +50,10 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
     "database": Module(
         "service/database.py",
         (
+            "tests/test_connections.py",
             "tests/test_errors.py",
             "tests/test_deadlines.py",
             "tests/test_app.py::test_every_connection_carries_the_timeouts_and_a_name",
-            "tests/test_app.py::test_without_app_pooling_timeouts_are_set_per_transaction",
             "tests/test_health_checker.py::test_one_idle_connection_reused_between_checks",
         ),
         90,

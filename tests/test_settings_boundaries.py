@@ -173,6 +173,8 @@ def test_the_drain_must_end_before_the_graceful_timeout() -> None:
         match=r"^SHUTDOWN_DRAIN_S: must be less than GUNICORN_GRACEFUL_TIMEOUT \(20 >= 20\)$",
     ):
         load(SHUTDOWN_DRAIN_S="20", GUNICORN_GRACEFUL_TIMEOUT="20")
+    with pytest.raises(ConfigError, match=r"^SHUTDOWN_DRAIN_S: .* \(25 >= 20\)$"):
+        load(SHUTDOWN_DRAIN_S="25")
 
 
 @pytest.mark.parametrize(
