@@ -76,6 +76,7 @@ def server(serve: ServerFactory, database_url: str):
             **FAST_HEALTH,
         },
         workers=1,
+        timeout=15,  # a worker that cannot serve fails the test soon
     )
     return process, base, service_id
 
