@@ -46,7 +46,7 @@ def connect_args(
         return {}
     args: dict[str, Any] = {
         **KEEPALIVE_ARGS,
-        "connect_timeout": max(1, math.ceil(settings.db_connect_timeout_s)),
+        "connect_timeout": math.ceil(settings.db_connect_timeout_s),  # whole seconds, >= 1
         "application_name": f"{settings.service_id}-{purpose}" if purpose else settings.service_id,
     }
     if settings.db_pool == "queue" or statement_timeout_ms is not None:

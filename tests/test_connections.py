@@ -103,3 +103,12 @@ def test_behind_a_transaction_pooler_autocommit_work_gets_no_set_local(make_app,
             assert connection.execute(text("SHOW statement_timeout")).scalar() == "0"
             notices = connection.connection.dbapi_connection.notices
             assert not [n for n in notices if "SET LOCAL" in n]
+
+
+def test_an_app_without_a_pool_reports_no_pool(make_app) -> None:
+    app = make_app(DB_POOL="null")
+    with app.app_context(), db.engine.connect():
+        response = app.test_client().get("/api/health")
+    (connections,) = response.get_json()["checks"]["postgresql:connections"]
+    assert (connections["observedValue"], connections["poolSize"]) == (0, None)
+    assert connections["status"] == "pass"
