@@ -41,10 +41,7 @@ class Module:
 MODULES = {  # the slowest first, so that both lanes finish at about the same time
     "server": Module(
         "service/server.py",
-        (
-            "tests/test_worker.py",
-            "tests/test_gunicorn.py::test_access_log_is_json_with_request_ids_and_without_probes",
-        ),
+        ("tests/test_worker.py",),
         120,
     ),
     "database": Module(
@@ -182,7 +179,7 @@ def main(names: list[str]) -> int:
     lines = ["| module | mutants | killed | survived | score |", "|---|---|---|---|---|"]
     below = []
     details = []
-    for name in names:
+    for name in MODULES:  # every module with a session, so that a rerun of one updates the table
         if not (OUT / f"{name.replace('/', '_')}.sqlite").exists():
             continue
         tested, killed, _, survivors = summarize(name)

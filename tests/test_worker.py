@@ -70,7 +70,7 @@ def server(serve: ServerFactory, database_url: str):
             "DATABASE_URL": database_url,
             "SERVICE_ID": service_id,
             "REQUEST_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
-            "SHUTDOWN_DRAIN_S": "1",
+            "SHUTDOWN_DRAIN_S": "0.8",
             "GUNICORN_GRACEFUL_TIMEOUT": "10",
             "LOG_FORMAT": "json",
             **FAST_HEALTH,
@@ -143,6 +143,27 @@ def test_gunicorn_errors_request_heads_and_keep_alive(server) -> None:
         assert status.startswith("HTTP/1.1 404 ")
         assert json.loads(body)["error"]["code"] == "not_found"
 
+    # Operators get one JSON access line per request, but none for probes and scrapes.
+    for path in ("/api/health", "/api/health/ready", "/metrics", "/api/healthy"):
+        requests.get(f"{base}{path}", timeout=5)
+    traced = requests.get(
+        f"{base}/api/db/test?token=secret-query", headers={"X-Request-ID": "trace-7"}, timeout=5
+    )
+    assert traced.status_code == 200
+    wait_for(lambda: "trace-7" in process.log_text(), 5)
+    records = [json.loads(line) for line in process.log_text().splitlines() if line.strip()]
+    access = [r for r in records if r["name"] == "gunicorn.access"]
+    assert [r["path"] for r in access] == ["/nowhere", "/api/healthy", "/api/db/test"]
+    missing, healthy, db_test = access
+    assert (missing["status"], missing["http_method"], missing["user_agent"]) == (404, "GET", "-")
+    assert healthy["status"] == 404 and healthy["remote_addr"] == "127.0.0.1"
+    assert db_test["request_id"] == "trace-7"
+    assert db_test["status"] == 200 and db_test["bytes_sent"] == len(traced.content)
+    assert 0 < db_test["duration_ms"] < 5000
+    assert db_test["user_agent"].startswith("python-requests/")
+    assert "secret-query" not in process.log_text()
+    assert access[-1]["message"].startswith('127.0.0.1 "GET /api/db/test HTTP/1.1" 200 ')
+
 
 def test_sigterm_drains_then_exits_0_without_waiting_for_idle_connections(server) -> None:
     process, base, service_id = server
@@ -169,7 +190,7 @@ def test_sigterm_drains_then_exits_0_without_waiting_for_idle_connections(server
     idle.close()
     busy.close()
     assert code == 0, process.log_tail()
-    assert 1 <= elapsed < 5, f"exited {elapsed:.1f} s after SIGTERM; the drain is 1 s"
+    assert 0.8 <= elapsed < 5, f"exited {elapsed:.1f} s after SIGTERM; the drain is 0.8 s"
     log = process.log_text()
     assert "draining: readiness fails from now on" in log
     assert "Traceback" not in log and "WORKER TIMEOUT" not in log
