@@ -15,7 +15,9 @@ import uuid
 import pytest
 from flask import Flask
 
+import service
 from tests.support.processes import wait_for
+from tests.test_deadlines import silent_server  # noqa: F401 - a fixture
 from tests.test_health_endpoints import body_json, query, wait_for_response
 
 
@@ -167,3 +169,46 @@ def test_a_missing_schema_is_an_answer_not_an_outage(make_app, databases) -> Non
     assert body["notes"] == ["schema_missing"]
     (check,) = body["checks"]["postgresql:responseTime"]
     assert check["status"] == "pass" and check["observedValue"] > 0
+
+
+def test_the_first_probe_waits_half_a_second_at_most(make_app, silent_server) -> None:  # noqa: F811
+    """A database that never answers: the first probe says `starting` after 0.5 s, not 1 s."""
+    app = make_app(
+        DATABASE_URL=f"postgresql://app@127.0.0.1:{silent_server}/app",
+        HEALTH_CHECK_TIMEOUT_S="1",
+        HEALTH_CHECK_INTERVAL_S="1",
+        HEALTH_STALE_AFTER_S="3",
+    )
+    started = time.monotonic()
+    assert ready(app) == (503, {"status": "fail", "notes": ["starting"]})
+    assert 0.4 <= time.monotonic() - started < 0.9
+
+
+@pytest.mark.parametrize(
+    ("interval", "cache_control"),
+    [("0.5", "no-cache"), ("1", "max-age=1"), ("2.5", "max-age=2")],
+)
+def test_probes_may_be_cached_for_whole_check_intervals(make_app, interval, cache_control) -> None:
+    app = make_app(HEALTH_CHECK_INTERVAL_S=interval, HEALTH_STALE_AFTER_S="5")
+    client = app.test_client()
+    for path in ("/api/health", "/api/health/ready"):
+        assert client.get(path).headers["Cache-Control"] == cache_control, path
+    assert client.get("/api/health/live").headers["Cache-Control"] == "no-store"
+
+
+def test_draining_fails_readiness_and_health_but_not_liveness(make_app, caplog) -> None:
+    app = make_app()
+    client = app.test_client()
+    assert client.get("/api/health/ready").status_code == 200
+    with caplog.at_level(logging.INFO, logger="service.health.monitor"):
+        service.drain(app)
+    assert "draining: readiness fails from now on" in caplog.text
+    ready_response = client.get("/api/health/ready")
+    assert (ready_response.status_code, body_json(ready_response)) == (
+        503,
+        {"status": "fail", "notes": ["draining"]},
+    )
+    health = client.get("/api/health")
+    assert health.status_code == 503 and body_json(health)["notes"] == ["draining"]
+    assert "checks" in body_json(health)  # the document still reports what the checker saw
+    assert client.get("/api/health/live").status_code == 200
