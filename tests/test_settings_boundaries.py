@@ -6,6 +6,8 @@ one, or a default that drifts from what the README promises, changes what a depl
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from service.config import ConfigError, Settings, load_settings
@@ -117,6 +119,19 @@ def test_each_minimum_is_inclusive(variable: str, minimum: str, below: str) -> N
     assert getattr(loaded, variable.lower()) == float(minimum)
     with pytest.raises(ConfigError, match=rf"^{variable}: {below} is below the minimum "):
         load(**{variable: below}, **extra)
+
+
+def test_stale_after_has_a_minimum_of_its_own() -> None:
+    fast = {"HEALTH_CHECK_INTERVAL_S": "0.05"}
+    assert load(HEALTH_STALE_AFTER_S="0.1", **fast).health_stale_after_s == 0.1
+    with pytest.raises(ConfigError, match=r"^HEALTH_STALE_AFTER_S: 0.09 is below the minimum 0.1$"):
+        load(HEALTH_STALE_AFTER_S="0.09", **fast)
+
+
+def test_settings_cannot_change_once_loaded() -> None:
+    loaded = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.port = 1  # type: ignore[misc]
 
 
 def test_gunicorn_graceful_timeout_minimum() -> None:
