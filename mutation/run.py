@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 from tests.support.service import ADMIN_URL, DatabaseFactory, migrate, require_postgresql
 
@@ -36,6 +36,7 @@ class Module:
     path: str  # relative to the project root
     tests: tuple[str, ...]  # pytest arguments: the fast tests that state this module's guarantees
     timeout_s: float  # per mutant; a mutant that hangs the tests counts as killed
+    shards: int = 1  # sessions that split the mutants, each in its own lane
 
 
 MODULES = {  # the slowest first, so that both lanes finish at about the same time
@@ -43,6 +44,7 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
         "service/server.py",
         ("tests/test_worker.py",),
         120,
+        shards=2,  # a gunicorn start per mutant: the longest module by far
     ),
     "database": Module(
         "service/database.py",
@@ -97,31 +99,45 @@ def config_text(name: str, module: Module) -> str:
     )
 
 
-def run_module(name: str, module: Module, lane: Path, env: dict[str, str]) -> None:
-    """init, skip what is not an operator, baseline, exec: one session file per module."""
+def sessions(name: str) -> list[Path]:
     slug = name.replace("/", "_")
+    return sorted(OUT.glob(f"{slug}.sqlite")) + sorted(OUT.glob(f"{slug}.*.sqlite"))
+
+
+def run_module(job: tuple[str, int], lane: Path, env: dict[str, str]) -> None:
+    """init, skip what is not an operator, baseline, exec: one session file per module (shard)."""
+    name, shard = job
+    module = MODULES[name]
+    slug = name.replace("/", "_") + (f".{shard}" if module.shards > 1 else "")
     config, session = OUT / f"{slug}.toml", OUT / f"{slug}.sqlite"
     config.write_text(config_text(name, module))
     session.unlink(missing_ok=True)
     tool = [sys.executable, "-m", "cosmic_ray.cli"]
     started = time.monotonic()
-    for step in (
-        [*tool, "init", str(config), str(session)],
-        [sys.executable, str(ROOT / "mutation" / "not_operators.py"), str(session)],
-        [*tool, "baseline", str(config)],
-        [*tool, "exec", str(config), str(session)],
-    ):
+
+    def run(step: list[str]) -> None:
         subprocess.run(step, cwd=lane, env=env, check=True, stdout=subprocess.DEVNULL)
-    print(f"{name}: done in {time.monotonic() - started:.0f} s", flush=True)
+
+    run([*tool, "init", str(config), str(session)])
+    run([sys.executable, str(ROOT / "mutation" / "not_operators.py"), str(session)])
+    if module.shards > 1:
+        with use_db(str(session)) as db:
+            for index, item in enumerate(list(db.pending_work_items)):
+                if index % module.shards != shard:
+                    db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, "other shard"))
+    run([*tool, "baseline", str(config)])
+    run([*tool, "exec", str(config), str(session)])
+    print(f"{slug}: done in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def summarize(name: str) -> tuple[int, int, int, list[str]]:
-    """(mutants tested, killed, skipped, survivors as 'line: operator')."""
-    session = OUT / f"{name.replace('/', '_')}.sqlite"
+    """(mutants tested, killed, skipped, survivors as 'line: operator'), over the shards."""
     tested = killed = skipped = 0
     survivors = []
-    with use_db(str(session), WorkDB.Mode.open) as db:
-        for item, result in db.completed_work_items:
+    for session in sessions(name):
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            results = list(db.completed_work_items)
+        for item, result in results:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 skipped += 1
                 continue
@@ -129,9 +145,14 @@ def summarize(name: str) -> tuple[int, int, int, list[str]]:
             if result.test_outcome != TestOutcome.SURVIVED:
                 killed += 1
                 continue
+            changed = [line[1:].strip() for line in (result.diff or "").splitlines()]
+            change = next((c for c, d in zip(changed, (result.diff or "").splitlines(), strict=True)
+                           if d.startswith("+") and not d.startswith("+++")), "")  # fmt: skip
             for mutation in item.mutations:
                 line = mutation.start_pos[0]
-                survivors.append(f"{line}: {mutation.operator_name} #{mutation.occurrence}")
+                survivors.append(
+                    f"{line}: {mutation.operator_name.removeprefix('core/')}: {change}"
+                )
     return tested, killed, skipped, survivors
 
 
@@ -139,9 +160,10 @@ def main(names: list[str]) -> int:
     names = names or list(MODULES)
     OUT.mkdir(exist_ok=True)
     jobs = max(1, int(os.environ.get("MUTATION_JOBS", "3")))  # tests mostly wait: 3 on 2 cores
-    work: queue.Queue[str] = queue.Queue()
+    work: queue.Queue[tuple[str, int]] = queue.Queue()
     for name in names:
-        work.put(name)
+        for shard in range(MODULES[name].shards):
+            work.put((name, shard))
     failures: list[str] = []
     environments: dict[int, dict[str, str]] = {}
     started = time.monotonic()
@@ -155,19 +177,19 @@ def main(names: list[str]) -> int:
         environments[number] = {**os.environ, "TEST_MIGRATED_DATABASE_URL": url}
         while True:
             try:
-                name = work.get_nowait()
+                job = work.get_nowait()
             except queue.Empty:
                 return
             try:
-                run_module(name, MODULES[name], copy, environments[number])
+                run_module(job, copy, environments[number])
             except subprocess.CalledProcessError as error:
-                failures.append(f"{name}: {error}")
+                failures.append(f"{job}: {error}")
 
     # One migrated database per lane, so that no mutant pays for `flask db upgrade`.
     require_postgresql()
     databases = DatabaseFactory(ADMIN_URL)
 
-    threads = [threading.Thread(target=lane, args=(n,)) for n in range(min(jobs, len(names)))]
+    threads = [threading.Thread(target=lane, args=(n,)) for n in range(min(jobs, work.qsize()))]
     for thread in threads:
         thread.start()
     try:
@@ -181,7 +203,7 @@ def main(names: list[str]) -> int:
     below = []
     details = []
     for name in MODULES:  # every module with a session, so that a rerun of one updates the table
-        if not (OUT / f"{name.replace('/', '_')}.sqlite").exists():
+        if not sessions(name):
             continue
         tested, killed, _, survivors = summarize(name)
         score = 100.0 * killed / tested if tested else 100.0
