@@ -145,14 +145,11 @@ def summarize(name: str) -> tuple[int, int, int, list[str]]:
             if result.test_outcome != TestOutcome.SURVIVED:
                 killed += 1
                 continue
-            changed = [line[1:].strip() for line in (result.diff or "").splitlines()]
-            change = next((c for c, d in zip(changed, (result.diff or "").splitlines(), strict=True)
-                           if d.startswith("+") and not d.startswith("+++")), "")  # fmt: skip
+            added = [d for d in (result.diff or "").splitlines() if d.startswith("+")]
+            change = next((d[1:].strip() for d in added if not d.startswith("+++")), "")
             for mutation in item.mutations:
-                line = mutation.start_pos[0]
-                survivors.append(
-                    f"{line}: {mutation.operator_name.removeprefix('core/')}: {change}"
-                )
+                operator = mutation.operator_name.removeprefix("core/")
+                survivors.append(f"{mutation.start_pos[0]}: {operator}: {change}")
     return tested, killed, skipped, survivors
 
 
