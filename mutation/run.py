@@ -115,8 +115,12 @@ def run_module(job: tuple[str, int], lane: Path, env: dict[str, str]) -> None:
     tool = [sys.executable, "-m", "cosmic_ray.cli"]
     started = time.monotonic()
 
+    log = OUT / f"{slug}.log"  # what cosmic-ray says, a failing baseline's output included
+    log.unlink(missing_ok=True)
+
     def run(step: list[str]) -> None:
-        subprocess.run(step, cwd=lane, env=env, check=True, stdout=subprocess.DEVNULL)
+        with log.open("a") as output:
+            subprocess.run(step, cwd=lane, env=env, check=True, stdout=output, stderr=output)
 
     run([*tool, "init", str(config), str(session)])
     run([sys.executable, str(ROOT / "mutation" / "not_operators.py"), str(session)])
