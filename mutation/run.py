@@ -56,6 +56,7 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
             "tests/test_health_checker.py::test_one_idle_connection_reused_between_checks",
             "tests/test_health_checker.py::test_a_missing_schema_is_an_answer_not_an_outage",
             "tests/test_health_checker.py::test_a_dropped_connection_warns_once_then_recovers_with_a_new_one",
+            "tests/test_health_checker.py::test_an_unusable_sqlite_file_is_a_database_error_not_a_missing_schema",
         ),
         90,
     ),

@@ -213,3 +213,40 @@ def test_draining_fails_readiness_and_health_but_not_liveness(make_app, caplog) 
     assert health.status_code == 503 and body_json(health)["notes"] == ["draining"]
     assert "checks" in body_json(health)  # the document still reports what the checker saw
     assert client.get("/api/health/live").status_code == 200
+
+
+def test_a_crashing_probe_is_logged_and_the_checker_keeps_going(caplog) -> None:
+    from service.health.checker import HealthChecker
+    from tests.test_health_verdict import observation
+
+    calls = []
+
+    def probe():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a probe")
+        return observation()
+
+    checker = HealthChecker(probe, interval_s=0.05)
+    with caplog.at_level(logging.ERROR, logger="service.health.checker"):
+        checker.ensure_running()
+        assert checker.wait_for_first(2)
+        checker.stop()
+    assert "health probe crashed" in caplog.text
+    assert len(calls) >= 2 and checker.snapshot is not None
+
+
+def test_latency_has_microsecond_resolution(make_app) -> None:
+    app = make_app()
+    client = app.test_client()
+    seen = set()
+    for _ in range(6):
+        response = wait_for_response(client, "/api/health", lambda r: r.status_code == 200)
+        seen.add(body_json(response)["checks"]["postgresql:responseTime"][0]["observedValue"])
+        time.sleep(0.12)  # a check every 0.1 s
+    assert any(round(value * 1000) % 10 for value in seen), seen  # not all whole 10 µs
+
+
+def test_an_unusable_sqlite_file_is_a_database_error_not_a_missing_schema(make_app, tmp_path):
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path}/no/such/folder/db.sqlite3")
+    assert ready(app) == (503, {"status": "fail", "notes": ["database_error"]})

@@ -128,6 +128,11 @@ def test_stale_after_has_a_minimum_of_its_own() -> None:
         load(HEALTH_STALE_AFTER_S="0.09", **fast)
 
 
+def test_derived_values_cannot_be_set_from_the_environment() -> None:
+    assert not load(DATABASE_URL=PG, DATABASE_IS_DEFAULT="true").database_is_default
+    assert load(DATABASE_IS_DEFAULT="false").database_is_default
+
+
 def test_settings_cannot_change_once_loaded() -> None:
     loaded = load()
     with pytest.raises(dataclasses.FrozenInstanceError):
