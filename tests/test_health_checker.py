@@ -8,6 +8,7 @@ first probe of a process waits briefly for the first look instead of answering `
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from flask import Flask
 
 import service
 from tests.support.processes import wait_for
+from tests.support.service import run_command
 from tests.test_deadlines import silent_server  # noqa: F401 - a fixture
 from tests.test_health_endpoints import body_json, query, wait_for_response
 
@@ -250,3 +252,14 @@ def test_latency_has_microsecond_resolution(make_app) -> None:
 def test_an_unusable_sqlite_file_is_a_database_error_not_a_missing_schema(make_app, tmp_path):
     app = make_app(DATABASE_URL=f"sqlite:///{tmp_path}/no/such/folder/db.sqlite3")
     assert ready(app) == (503, {"status": "fail", "notes": ["database_error"]})
+
+
+def test_a_process_that_served_probes_can_exit_without_stopping_its_checker(database_url) -> None:
+    """The checker never keeps a process alive (a one-off script, a crashed worker's exit)."""
+    script = (
+        "from service import create_app\n"
+        f"app = create_app({{'APP_ENV': 'test', 'DATABASE_URL': {database_url!r}}})\n"
+        "assert app.test_client().get('/api/health/ready').status_code == 200\n"
+    )
+    result = run_command([sys.executable, "-c", script], {}, timeout=20)
+    assert result.returncode == 0, result.stderr
