@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
 
 from tests.support.service import ADMIN_URL, DatabaseFactory, migrate, require_postgresql
 
@@ -126,13 +126,18 @@ def run_module(job: tuple[str, int], lane: Path, env: dict[str, str]) -> None:
     run([*tool, "init", str(config), str(session)])
     run([sys.executable, str(ROOT / "mutation" / "not_operators.py"), str(session)])
     if module.shards > 1:
-        with use_db(str(session)) as db:
-            for index, item in enumerate(list(db.pending_work_items)):
+        with use_db(str(session)) as db:  # job ids are random: split by where the mutant is
+            items = sorted(db.pending_work_items, key=lambda item: _where(item.mutations[0]))
+            for index, item in enumerate(items):
                 if index % module.shards != shard:
                     db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, "other shard"))
     run([*tool, "baseline", str(config)])
     run([*tool, "exec", str(config), str(session)])
     print(f"{slug}: done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _where(mutation: MutationSpec) -> tuple[int, int, str, int]:
+    return (*mutation.start_pos, mutation.operator_name, mutation.occurrence)
 
 
 def summarize(name: str) -> tuple[int, int, int, list[str]]:
