@@ -176,7 +176,7 @@ def main(names: list[str]) -> int:
     started = time.monotonic()
 
     def lane(number: int) -> None:
-        copy = OUT / f"lane-{number}"
+        copy = OUT / f"lane-{os.getpid()}-{number}"  # a run of one module may overlap another
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
         url = databases.create("svc_mutation")
@@ -204,6 +204,8 @@ def main(names: list[str]) -> int:
             thread.join()
     finally:
         databases.drop_all()
+        for number in range(len(threads)):
+            shutil.rmtree(OUT / f"lane-{os.getpid()}-{number}", ignore_errors=True)
     elapsed = time.monotonic() - started
 
     lines = ["| module | mutants | killed | survived | score |", "|---|---|---|---|---|"]
