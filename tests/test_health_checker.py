@@ -266,3 +266,15 @@ def test_a_process_that_served_probes_can_exit_without_stopping_its_checker(data
     )
     result = run_command([sys.executable, "-c", script], {}, timeout=20)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_database_is_checked_once_per_interval_not_more(make_app) -> None:
+    """Probes never cause checks: 20 probes in a second see about five looks at 0.2 s apart."""
+    app = make_app(HEALTH_CHECK_INTERVAL_S="0.2", HEALTH_STALE_AFTER_S="1")
+    client = app.test_client()
+    looks = set()
+    for _ in range(20):
+        response = wait_for_response(client, "/api/health", lambda r: r.status_code == 200)
+        looks.add(body_json(response)["checks"]["postgresql:responseTime"][0]["time"])
+        time.sleep(0.05)
+    assert 3 <= len(looks) <= 8, sorted(looks)

@@ -201,6 +201,7 @@ def test_the_drain_must_end_before_the_graceful_timeout() -> None:
     ("url", "message"),
     [
         ("postgresql://app@db:0/app", "port 0 is out of range"),
+        ("postgresql://app@db:-1/app", "port -1 is out of range"),
         ("postgresql://app@db:65536/app", "port 65536 is out of range"),
         ("postgresql+asyncpg://app@db/app", "driver 'asyncpg' is not supported"),
         ("postgresql://app@db", "the URL names no database"),
