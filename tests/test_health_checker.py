@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 
-import psycopg2
 import pytest
 from flask import Flask
 
@@ -22,14 +21,6 @@ from tests.support.processes import wait_for
 from tests.support.service import run_command
 from tests.test_deadlines import silent_server  # noqa: F401 - a fixture
 from tests.test_health_endpoints import body_json, query, wait_for_response
-
-
-def lock_waiters(url: str, table: str) -> int:
-    return query(
-        url,
-        "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
-        (table,),
-    )[0][0]
 
 
 def checker_sessions(url: str, service_id: str) -> list[tuple[int, str]]:
@@ -287,22 +278,3 @@ def test_the_database_is_checked_once_per_interval_not_more(make_app) -> None:
         looks.add(body_json(response)["checks"]["postgresql:responseTime"][0]["time"])
         time.sleep(0.05)
     assert 3 <= len(looks) <= 8, sorted(looks)
-
-
-def test_after_stop_returns_the_checker_observes_nothing_more(make_app, database_url) -> None:
-    """stop() waits for a check in flight (bounded by its timeout), so nothing happens after it."""
-    app = make_app(HEALTH_CHECK_TIMEOUT_S="1", HEALTH_CHECK_INTERVAL_S="0.1")
-    assert ready(app)[0] == 200
-    checker = app.extensions["health"].checker
-    locker = psycopg2.connect(database_url)
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
-        wait_for(lambda: lock_waiters(database_url, "alembic_version"), 5)  # a check in flight
-        app.extensions["health"].stop()
-        last = checker.snapshot
-        time.sleep(1.3)  # longer than the check's timeout
-        assert checker.snapshot is last
-    finally:
-        locker.rollback()
-        locker.close()
