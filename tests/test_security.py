@@ -7,6 +7,7 @@ its health checks fail with the driver's error text, which is exactly what must 
 from __future__ import annotations
 
 import pytest
+from flask.cli import routes_command
 
 from tests.support.processes import free_port
 from tests.test_health_endpoints import wait_for_response
@@ -69,3 +70,11 @@ def test_production_ops_endpoints_ask_for_a_bearer_token(make_app) -> None:
         assert anonymous.headers["WWW-Authenticate"] == "Bearer"
         assert anonymous.get_json()["error"]["code"] == "unauthorized"
         assert client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_guarded_views_keep_their_names_for_operators(make_app) -> None:
+    """`flask routes` lists the ops endpoint under its own name, guarded or not."""
+    runner = make_app(OPS_TOKEN=TOKEN, **PRODUCTION).test_cli_runner()
+    result = runner.invoke(routes_command)
+    assert result.exit_code == 0
+    assert "db.test" in result.output
