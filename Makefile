@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 SYSTEM_TOOLS := pgbouncer:pgbouncer docker-compose:docker-compose pg_dump:postgresql-client \
 	node:nodejs npm:npm wrk:wrk haproxy:haproxy
 
-.PHONY: run test test-containers lint format bench system-deps clean
+.PHONY: run test test-containers lint format bench mutation system-deps clean
 
 run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
@@ -37,6 +37,11 @@ test-containers: $(VENV)/.dev
 # The benchmark behind docs/performance.md (about 6 minutes; BENCH_ARGS=--smoke for a quick run).
 bench: $(VENV)/.dev system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Mutation testing of the modules that carry a guarantee (docs/testing.md); not part of `make test`.
+# MUTATION_ARGS=errors runs one module; MUTATION_JOBS sets the parallel lanes (default 3).
+mutation: $(VENV)/.dev
+	$(BIN)/python -m mutation.run $(MUTATION_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -74,4 +79,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache tests/better_auth/node_modules instance
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mutation tests/better_auth/node_modules instance

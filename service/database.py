@@ -46,13 +46,15 @@ def connect_args(
         return {}
     args: dict[str, Any] = {
         **KEEPALIVE_ARGS,
-        "connect_timeout": max(1, math.ceil(settings.db_connect_timeout_s)),
+        "connect_timeout": math.ceil(settings.db_connect_timeout_s),  # whole seconds, >= 1
         "application_name": f"{settings.service_id}-{purpose}" if purpose else settings.service_id,
     }
     if settings.db_pool == "queue" or statement_timeout_ms is not None:
         # PgBouncer refuses the `options` start-up parameter: with DB_POOL=null the timeouts are
         # set per transaction instead (see `prepare_engine`). Migrations connect directly.
-        statement = settings.db_statement_timeout_ms if statement_timeout_ms is None else 0
+        statement = statement_timeout_ms
+        if statement is None:
+            statement = settings.db_statement_timeout_ms
         args["options"] = (
             f"-c statement_timeout={statement} -c lock_timeout={settings.db_lock_timeout_ms}"
         )
@@ -106,7 +108,7 @@ def prepare_engine(engine: Engine, settings: Settings) -> Engine:
         @event.listens_for(engine, "begin")
         def _set_local_timeouts(connection: Any) -> None:
             dbapi_connection = connection.connection.dbapi_connection
-            if getattr(dbapi_connection, "autocommit", False):
+            if dbapi_connection.autocommit:  # psycopg2's: this engine is PostgreSQL
                 return  # SET LOCAL means nothing outside a transaction block
             with dbapi_connection.cursor() as cursor:
                 cursor.execute(statement)

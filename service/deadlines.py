@@ -47,12 +47,12 @@ def wait_with_deadline(connection: psycopg2.extensions.connection) -> None:
         if state == psycopg2.extensions.POLL_OK:
             return
         events = select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT
-        timeout_ms = None
+        timeout_ms: float | None = None
         if limit is not None:
             left = limit - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded("the database did not answer in time")
-            timeout_ms = max(1, int(left * 1000))
+            timeout_ms = left * 1000  # poll (and gevent's) take fractions of a millisecond
         poller = select.poll()  # gevent's cooperative poll once monkey-patched
         poller.register(connection.fileno(), events)
         poller.poll(timeout_ms)

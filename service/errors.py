@@ -42,8 +42,9 @@ def error_response(
 def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
+        # Flask hands an HTTPException without a code (a proxy) back as it is, never to here.
         code = code_for(error.name or "error")
-        response = error_response(error.code or 500, code, error.description or code)
+        response = error_response(error.code, code, error.description or code)
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value

@@ -81,7 +81,7 @@ class Worker(GeventWorker):
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
         if isinstance(sock, _Connection):
-            sock.head_received()
+            sock.head_received(req)
         if self.draining:
             req.must_close = True  # `Connection: close`: clients move to other instances
         try:
@@ -94,6 +94,9 @@ class Worker(GeventWorker):
         """SIGTERM: drain, then stop as gunicorn does (finish in-flight requests)."""
         if not self.draining:
             self.draining = True
+            for connection in self.connections:  # requests in flight close their connection too
+                if connection.request is not None:
+                    connection.request.must_close = True
             gevent.spawn(self._drain_then_stop)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
@@ -123,6 +126,7 @@ class _Connection:
         self._timer: gevent.Timeout | None = None
         self._between_requests = True
         self._reader = gevent.getcurrent()
+        self.request: Any = None  # the request being answered, if any
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -147,12 +151,14 @@ class _Connection:
         if self.idle and not self._reader.dead:
             self._reader.throw(_EndOfConnection())
 
-    def head_received(self) -> None:
+    def head_received(self, request: Any) -> None:
         self._between_requests = False
+        self.request = request
         self.stop_timer()
 
     def expect_head(self) -> None:
         self._between_requests = True
+        self.request = None
 
     def stop_timer(self) -> None:
         if self._timer is not None:

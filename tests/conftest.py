@@ -56,7 +56,12 @@ def databases() -> Iterator[DatabaseFactory]:
 
 @pytest.fixture(scope="session")
 def database_url(databases: DatabaseFactory) -> str:
-    """This run's main database, migrated to head by `flask db upgrade`."""
+    """This run's main database, migrated to head by `flask db upgrade`.
+
+    `make mutation` runs the tests once per mutant and passes one it migrated beforehand.
+    """
+    if premigrated := os.environ.get("TEST_MIGRATED_DATABASE_URL"):
+        return premigrated
     url = databases.create()
     migrate(url)
     return url
@@ -133,7 +138,9 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
     """Start the real gunicorn with the project's gunicorn.conf.py; returns (process, base URL)."""
     servers: list[ServerProcess] = []
 
-    def start(env: dict[str, str], workers: int = 2) -> tuple[ServerProcess, str]:
+    def start(
+        env: dict[str, str], workers: int = 2, timeout: float = 30
+    ) -> tuple[ServerProcess, str]:
         port = free_port()
         base = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
         full_env = {
@@ -152,9 +159,9 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
         ).start()
         servers.append(process)
         base_url = f"http://127.0.0.1:{port}"
-        process.wait_http_ok(f"{base_url}/api/health/live", timeout=30)
+        process.wait_http_ok(f"{base_url}/api/health/live", timeout=timeout)
         # Each worker builds its app after the fork: wait until every one has.
-        wait_for(lambda: process.log_text().count("service ready") >= workers, 30)
+        wait_for(lambda: process.log_text().count("service ready") >= workers, timeout)
         return process, base_url
 
     yield start

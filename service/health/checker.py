@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -125,21 +124,20 @@ class HealthChecker:
         self._stop = threading.Event()
         self._first = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid: int | None = None
         self.snapshot: Snapshot | None = None
 
     def ensure_running(self) -> None:
-        """Start the thread in this process unless it runs here already (cheap when it does)."""
-        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+        """Start the thread unless it runs already (cheap when it does).
+
+        Each gunicorn worker builds its own app after the fork (preload_app is off), so a checker
+        never runs in a process that forks later.
+        """
+        if self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._thread is not None and self._thread.is_alive():
                 return
-            if self._pid != os.getpid():  # forked: what the parent saw is not ours
-                self.snapshot = None
-                self._first.clear()
             self._stop.clear()
-            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="health-checker", daemon=True)
             self._thread.start()
 
@@ -149,9 +147,8 @@ class HealthChecker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread, wait for it and close the probe's connection; safe to repeat."""
         self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
         closer = getattr(self._probe, "close", None)
         if closer is not None:
             closer()

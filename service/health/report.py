@@ -11,6 +11,7 @@ from service.health.checker import Snapshot
 from service.schema import SchemaVersions
 
 MEDIA_TYPE = "application/health+json"
+SCHEMA_FAILURES = {"missing": "schema_missing", "behind": "schema_outdated"}
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,15 @@ def assess(
     if answer is None or now - answer.monotonic_at > settings.health_stale_after_s:
         return Verdict("fail", (latest.failure or "stale",))
     schema_state = schema.state(answer.revision)
-    if schema_state in ("missing", "behind"):
-        return Verdict(
-            "fail", ("schema_missing" if schema_state == "missing" else "schema_outdated",)
-        )
+    schema_failure = SCHEMA_FAILURES.get(schema_state)
+    if schema_failure:
+        return Verdict("fail", (schema_failure,))
     reasons = ["schema_ahead"] if schema_state == "ahead" else []
     if not latest.answered:
         reasons.append(latest.failure or "database_unavailable")
-    elif latest.latency_ms is not None and latest.latency_ms > settings.health_warn_latency_ms:
+    elif _is_slow(latest.latency_ms, settings):
         reasons.append("slow")
-    if _pool_ratio(snapshot) >= settings.health_warn_pool_ratio:
+    if _pool_nearly_full(snapshot, settings):
         reasons.append("pool_nearly_exhausted")
     return Verdict("warn" if reasons else "pass", tuple(reasons))
 
@@ -94,13 +94,12 @@ def health_document(
     }
     if include_output and latest.detail:
         response_time["output"] = latest.detail
-    ratio = _pool_ratio(snapshot)
     connections = {
         "componentType": "datastore",
         "observedValue": latest.pool_in_use,
         "observedUnit": "connections",
         "poolSize": latest.pool_capacity,
-        "status": "warn" if ratio >= settings.health_warn_pool_ratio else "pass",
+        "status": "warn" if _pool_nearly_full(snapshot, settings) else "pass",
         "time": observed,
     }
     current = answer.revision if answer else None
@@ -125,14 +124,21 @@ def _response_time_status(
 ) -> str:
     if verdict.status == "fail" and not answered:
         return "fail"
-    if not answered or (latency_ms or 0) > settings.health_warn_latency_ms:
+    if not answered or _is_slow(latency_ms, settings):
         return "warn"
     return "pass"
 
 
-def _pool_ratio(snapshot: Snapshot) -> float:
+def _is_slow(latency_ms: float | None, settings: Settings) -> bool:
+    return latency_ms is not None and latency_ms > settings.health_warn_latency_ms
+
+
+def _pool_nearly_full(snapshot: Snapshot, settings: Settings) -> bool:
+    """At HEALTH_WARN_POOL_RATIO of the pool or above; an app without a pool never is."""
     capacity = snapshot.latest.pool_capacity
-    return snapshot.latest.pool_in_use / capacity if capacity else 0.0
+    if not capacity:
+        return False
+    return snapshot.latest.pool_in_use / capacity >= settings.health_warn_pool_ratio
 
 
 def _iso(timestamp: float) -> str:
