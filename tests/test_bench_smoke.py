@@ -124,11 +124,6 @@ def test_new_design_answers_every_probe(smoke: dict, name: str) -> None:
     _assert_every_probe_answered(smoke, name)
 
 
-@pytest.mark.xfail(
-    reason="measured miss (docs/performance.md): under saturation a few probes time out as "
-    "200 connections arrive at once",
-    strict=False,
-)
 def test_new_design_answers_every_probe_under_saturation(smoke: dict) -> None:
     _assert_every_probe_answered(smoke, "saturation")
 
@@ -139,7 +134,7 @@ def test_new_design_answers_every_request_in_json(smoke: dict) -> None:
     assert set(frozen["answers"]) <= {"503 overloaded", "503 timeout", "503 database_unavailable"}
     saturated = smoke["scenarios"]["saturation"]["new"]["db_test"]
     assert saturated["answers"].get("200", 0) > 0
-    assert set(saturated["answers"]) <= {"200", "503 overloaded", "503 timeout"}
+    assert set(saturated["answers"]) <= {"200", "503 overloaded"}
 
 
 def test_fault_timeline_walked_every_phase(smoke: dict) -> None:

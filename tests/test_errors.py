@@ -47,7 +47,7 @@ def test_an_exhausted_pool_sheds_with_503_overloaded(make_app, caplog) -> None:
             response = client.get("/api/db/test")
     assert_outage(response, "overloaded")
     assert shed_total(app) == before + 1
-    assert "database outage: overloaded (TimeoutError)" in caplog.text
+    assert "overloaded" not in caplog.text  # counted, not logged: a line each would add load
     assert client.get("/api/db/test").status_code == 200  # released: served again
 
 
