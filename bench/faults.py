@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from tests.support.pgcluster import TemporaryCluster
@@ -172,7 +173,7 @@ def analyse(samples: list[Sample], phases: list[Phase]) -> dict[str, object]:
         per_phase = {}
         for phase in phases:
             inside = [s for s in mine if phase.start <= s.t < phase.end]
-            per_phase[phase.name] = _phase_stats(inside)
+            per_phase[phase.name] = summarise_probes(inside)
         result["per_phase"][endpoint] = per_phase  # type: ignore[index]
         faults = {}
         for fault, recovery in (("frozen", "thawed"), ("stopped", "restarted")):
@@ -188,7 +189,8 @@ def analyse(samples: list[Sample], phases: list[Phase]) -> dict[str, object]:
     return result
 
 
-def _phase_stats(samples: list[Sample]) -> dict[str, object]:
+def summarise_probes(samples: list[Sample]) -> dict[str, Any]:
+    """Latency percentiles of every probe sent; `unanswered`: no answer within the timeout."""
     latencies = sorted(s.latency_ms for s in samples)
     statuses: dict[str, int] = {}
     for s in samples:
@@ -196,8 +198,10 @@ def _phase_stats(samples: list[Sample]) -> dict[str, object]:
     return {
         "requests": len(samples),
         "statuses": statuses,
-        "p50_ms": _percentile(latencies, 50),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
         "max_ms": latencies[-1] if latencies else None,
+        "unanswered": sum(1 for s in samples if s.status == 0),
         "over_1s": sum(1 for v in latencies if v >= 1000),
     }
 
@@ -220,7 +224,7 @@ def _stable_after(samples: list[Sample], phase: Phase) -> float | None:
     return round(max(0.0, min(later) - phase.ready), 3) if later else None
 
 
-def _percentile(sorted_values: list[float], pct: float) -> float | None:
+def percentile(sorted_values: list[float], pct: float) -> float | None:
     if not sorted_values:
         return None
     index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))

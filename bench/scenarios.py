@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from bench.faults import Prober, Sample
+from bench.faults import Prober, summarise_probes
 from bench.load import run_wrk
 from bench.servers import Gunicorn
 from tests.support.pgcluster import TemporaryCluster
@@ -117,23 +117,6 @@ def run_scenario(
         f"({ready['unanswered']} unanswered); answers {result.get('db_test', {}).get('answers')}"
     )
     return result
-
-
-def summarise_probes(samples: list[Sample]) -> dict[str, Any]:
-    """Latency percentiles of every probe sent; `unanswered`: no answer within the timeout."""
-    latencies = sorted(s.latency_ms for s in samples)
-    statuses: dict[str, int] = {}
-    for s in samples:
-        statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
-    return {
-        "requests": len(samples),
-        "statuses": statuses,
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
-        "max_ms": latencies[-1] if latencies else None,
-        "unanswered": sum(1 for s in samples if s.status == 0),
-        "over_1s": sum(1 for v in latencies if v >= 1000),
-    }
 
 
 def _recovered(server: Gunicorn, auth: dict[str, str], since: float, limit_s: float = 60) -> float:
@@ -275,13 +258,6 @@ class HeldConnections(threading.Thread):
         self._answered.discard(sock)
         self._selector.unregister(sock)
         sock.close()
-
-
-def _percentile(sorted_values: list[float], pct: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 def _ms(value: float | None) -> str:

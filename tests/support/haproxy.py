@@ -19,17 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from .processes import ServerProcess, StartedResource, free_port, wait_for
+from .processes import ServerProcess, StartedResource, find_binary, free_port, wait_for
 
 HOST = "127.0.0.1"
-
-
-def find_haproxy() -> Path:
-    """Path of the haproxy binary (Debian installs it in /usr/sbin, often off PATH)."""
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        raise RuntimeError("haproxy not found; on Debian: apt-get install haproxy")
-    return Path(found)
 
 
 class HAProxy(StartedResource):
@@ -50,7 +42,7 @@ class HAProxy(StartedResource):
         port: int | None = None,
         start_timeout: float = 15.0,
     ) -> None:
-        self.binary = find_haproxy()
+        self.binary = find_binary("haproxy")
         self.servers = dict(servers)
         self.check_path = check_path
         self.inter_s, self.fall, self.rise = inter_s, fall, rise

@@ -24,6 +24,7 @@ from .processes import (
     ServerProcess,
     StartedResource,
     chown_for,
+    find_binary,
     free_port,
     port_is_free,
     service_user,
@@ -31,14 +32,6 @@ from .processes import (
 )
 
 HOST = "127.0.0.1"
-
-
-def find_pgbouncer() -> Path:
-    """Path of the pgbouncer binary (Debian installs it in /usr/sbin, often off PATH)."""
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        raise RuntimeError("pgbouncer not found; on Debian: apt-get install pgbouncer")
-    return Path(found)
 
 
 class PgBouncer(StartedResource):
@@ -61,7 +54,7 @@ class PgBouncer(StartedResource):
         start_timeout: float = 15.0,
         user: str | None = None,
     ) -> None:
-        self.binary = find_pgbouncer()
+        self.binary = find_binary("pgbouncer")
         self.target_host = target_host
         self.target_port = target_port
         self._port_fixed = port is not None

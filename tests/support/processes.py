@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,14 @@ from typing import Any, Self, TypeVar
 import requests
 
 T = TypeVar("T")
+
+
+def find_binary(name: str) -> Path:
+    """Path of a Debian tool's binary (often in /usr/sbin, off PATH); one line if it is missing."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise RuntimeError(f"{name} not found; on Debian: apt-get install {name}")
+    return Path(found)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
