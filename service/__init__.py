@@ -76,7 +76,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 def register_blueprints(app: Flask) -> None:
     from service import db, openapi
 
-    app.register_blueprint(health.bp)  # last in front: its probes skip everything else
+    app.register_blueprint(health.bp)  # its probe responder answers before Flask
     app.register_blueprint(db.bp)
     app.register_blueprint(openapi.bp)
 
