@@ -66,6 +66,16 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
         60,
     ),
     "health/checker": Module("service/health/checker.py", ("tests/test_health_checker.py",), 60),
+    "health": Module(
+        "service/health/__init__.py",  # the probe responder: routes, methods, headers, metrics
+        (
+            "tests/test_app.py",
+            "tests/test_health_endpoints.py",
+            "tests/test_metrics.py",
+            "tests/test_security.py",
+        ),
+        90,
+    ),
     "health/report": Module(
         "service/health/report.py",
         ("tests/test_health_verdict.py", "tests/test_health_report_boundaries.py"),

@@ -167,11 +167,11 @@ class _HealthCollector:
             "1 when the latest background check got an answer from the database.",
             value=1.0 if answered else 0.0,
         )
-        latency_ms = latest.latency_ms if latest is not None and answered else None
+        latency_s = latest.latency_s if latest is not None and answered else None
         yield GaugeMetricFamily(
             "service_db_check_latency_seconds",
             "Duration of the latest background database check (NaN when it got no answer).",
-            value=latency_ms / 1000 if latency_ms is not None else math.nan,
+            value=latency_s if latency_s is not None else math.nan,
         )
         yield GaugeMetricFamily(
             "service_db_check_age_seconds",

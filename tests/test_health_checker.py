@@ -7,6 +7,7 @@ first probe of a process waits briefly for the first look instead of answering `
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -236,9 +237,96 @@ def test_a_crashing_probe_is_logged_and_the_checker_keeps_going(caplog) -> None:
     with caplog.at_level(logging.ERROR, logger="service.health.checker"):
         checker.ensure_running()
         assert checker.wait_for_first(2)
-        checker.stop()
+        checker.stop(timeout_s=1)
     assert "health probe crashed" in caplog.text
     assert len(calls) >= 2 and checker.snapshot is not None
+
+
+class RecordingProbe:
+    """A probe that takes `duration_s` per check and records when checks and its close happen."""
+
+    def __init__(self, duration_s: float, release: threading.Event | None = None) -> None:
+        from tests.test_health_verdict import observation
+
+        self.duration_s, self.release = duration_s, release
+        self.events: list[tuple[str, float]] = []
+        self._observation = observation()
+
+    def __call__(self):
+        self.events.append(("check", time.monotonic()))
+        if self.release is not None:
+            self.release.wait(10)
+        time.sleep(self.duration_s)
+        self.events.append(("checked", time.monotonic()))
+        return self._observation
+
+    def close(self) -> None:
+        self.events.append(("close", time.monotonic()))
+
+    def starts(self) -> list[float]:
+        return [at for name, at in self.events if name == "check"]
+
+    def median_period(self) -> float:
+        gaps = sorted(later - earlier for earlier, later in itertools.pairwise(self.starts()))
+        return gaps[len(gaps) // 2]
+
+
+def test_checks_start_one_interval_apart_even_when_each_takes_time() -> None:
+    """The period is the interval, not the interval plus a check: staleness counts on it."""
+    from service.health.checker import HealthChecker
+
+    probe = RecordingProbe(duration_s=0.3)
+    checker = HealthChecker(probe, interval_s=0.5)
+    checker.ensure_running()
+    wait_for(lambda: len(probe.starts()) >= 6, 10)
+    checker.stop(timeout_s=2)
+    assert 0.45 <= probe.median_period() <= 0.65, probe.starts()  # not 0.8 s: interval + check
+
+
+def test_a_check_slower_than_the_interval_is_followed_at_once() -> None:
+    from service.health.checker import HealthChecker
+
+    probe = RecordingProbe(duration_s=0.3)
+    checker = HealthChecker(probe, interval_s=0.1)
+    checker.ensure_running()
+    wait_for(lambda: len(probe.starts()) >= 4, 10)
+    checker.stop(timeout_s=2)
+    assert 0.28 <= probe.median_period() <= 0.45, probe.starts()
+
+
+def test_stop_lets_the_check_in_flight_finish_before_closing_its_connection() -> None:
+    """No check runs on, or after, a closed connection: none is left on the server."""
+    from service.health.checker import HealthChecker
+
+    release = threading.Event()
+    probe = RecordingProbe(duration_s=0.3, release=release)
+    checker = HealthChecker(probe, interval_s=0.05)
+    checker.ensure_running()
+    wait_for(lambda: probe.starts(), 5)
+    release.set()  # the check in flight now takes 0.3 s more
+    checker.stop(timeout_s=2)
+    names = [name for name, _ in probe.events]
+    assert names[-2:] == ["checked", "close"], names
+    time.sleep(0.2)
+    assert [name for name, _ in probe.events] == names  # nothing ran after stop() returned
+
+
+def test_stop_gives_up_on_a_stuck_check_after_its_timeout() -> None:
+    """A check that outlives its own deadline cannot hold up a worker's shutdown."""
+    from service.health.checker import HealthChecker
+
+    release = threading.Event()
+    probe = RecordingProbe(duration_s=0, release=release)
+    checker = HealthChecker(probe, interval_s=0.05)
+    checker.ensure_running()
+    wait_for(lambda: probe.starts(), 5)
+    started = time.monotonic()
+    try:
+        checker.stop(timeout_s=0.3)
+        assert 0.25 <= time.monotonic() - started < 2.5
+        assert [name for name, _ in probe.events] == ["check", "close"]
+    finally:
+        release.set()
 
 
 def test_latency_has_microsecond_resolution(make_app) -> None:

@@ -57,7 +57,7 @@ def observation(
         answered=answered,
         observed_at=WALL - age_s,
         monotonic_at=NOW - age_s,
-        latency_ms=latency_ms if answered else None,
+        latency_s=latency_ms / 1000 if answered and latency_ms is not None else None,
         revision=revision if answered else None,
         failure=failure,
         detail=detail,
@@ -235,7 +235,7 @@ def test_document_top_level_fields() -> None:
 
 
 def test_checks_carry_the_observed_values() -> None:
-    latest = observation(latency_ms=12.5, pool_in_use=4, age_s=0.25)
+    latest = observation(latency_ms=12.3456, pool_in_use=4, age_s=0.25)
     checks = document(snapshot(latest))["checks"]
     for name, entries in checks.items():
         assert isinstance(entries, list) and len(entries) == 1, name
@@ -245,7 +245,7 @@ def test_checks_carry_the_observed_values() -> None:
         assert datetime.fromisoformat(entry["time"]).timestamp() == pytest.approx(WALL - 0.25)
         assert "output" not in entry
     (response_time,) = checks["postgresql:responseTime"]
-    assert response_time["observedValue"] == 12.5
+    assert response_time["observedValue"] == 12.346  # milliseconds, to the microsecond
     assert response_time["observedUnit"] == "ms"
     assert response_time["status"] == "pass"
     (connections,) = checks["postgresql:connections"]

@@ -27,7 +27,7 @@ class Observation:
     answered: bool
     observed_at: float  # wall clock, for the report
     monotonic_at: float  # for staleness arithmetic
-    latency_ms: float | None
+    latency_s: float | None  # the check's round trips, when it got an answer
     revision: str | None
     failure: str | None
     detail: str | None
@@ -80,7 +80,7 @@ class DatabaseProbe:
             answered=answered,
             observed_at=time.time(),
             monotonic_at=finished,
-            latency_ms=round((finished - started) * 1000, 3) if answered else None,
+            latency_s=finished - started if answered else None,
             revision=revision,
             failure=failure,
             detail=detail,
@@ -144,8 +144,11 @@ class HealthChecker:
     def wait_for_first(self, timeout_s: float) -> bool:
         return self._first.wait(timeout_s)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread, wait for it and close the probe's connection; safe to repeat."""
+    def stop(self, timeout_s: float) -> None:
+        """Stop the thread, wait up to `timeout_s` for a check in flight, then close its connection.
+
+        Safe to repeat. A check bounded by a deadline of `timeout_s` has ended when the wait does.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)

@@ -85,7 +85,7 @@ class HealthMonitor:
         log.info("draining: readiness fails from now on")
 
     def stop(self) -> None:
-        self.checker.stop()
+        self.checker.stop(self.settings.health_check_timeout_s)
 
     def _log_change(self, snapshot: Snapshot) -> None:
         verdict = assess(snapshot, time.monotonic(), self.schema, self.settings)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.config import Settings
-from service.health.checker import Snapshot
+from service.health.checker import Observation, Snapshot
 from service.schema import SchemaVersions
 
 MEDIA_TYPE = "application/health+json"
@@ -54,7 +54,7 @@ def assess(
     reasons = ["schema_ahead"] if schema_state == "ahead" else []
     if not latest.answered:
         reasons.append(latest.failure or "database_unavailable")
-    elif _is_slow(latest.latency_ms, settings):
+    elif _is_slow(latest, settings):
         reasons.append("slow")
     if _pool_nearly_full(snapshot, settings):
         reasons.append("pool_nearly_exhausted")
@@ -87,9 +87,9 @@ def health_document(
     observed = _iso(latest.observed_at)
     response_time: dict[str, Any] = {
         "componentType": "datastore",
-        "observedValue": latest.latency_ms,
+        "observedValue": _latency_ms(latest),
         "observedUnit": "ms",
-        "status": _response_time_status(verdict, latest.answered, latest.latency_ms, settings),
+        "status": _response_time_status(verdict, latest, settings),
         "time": observed,
     }
     if include_output and latest.detail:
@@ -119,17 +119,23 @@ def health_document(
     return document
 
 
-def _response_time_status(
-    verdict: Verdict, answered: bool, latency_ms: float | None, settings: Settings
-) -> str:
-    if verdict.status == "fail" and not answered:
+def _response_time_status(verdict: Verdict, latest: Observation, settings: Settings) -> str:
+    if verdict.status == "fail" and not latest.answered:
         return "fail"
-    if not answered or _is_slow(latency_ms, settings):
+    if not latest.answered or _is_slow(latest, settings):
         return "warn"
     return "pass"
 
 
-def _is_slow(latency_ms: float | None, settings: Settings) -> bool:
+def _latency_ms(observation: Observation) -> float | None:
+    """The check's latency as the document shows it: milliseconds, to the microsecond."""
+    if observation.latency_s is None:
+        return None
+    return round(observation.latency_s * 1000, 3)
+
+
+def _is_slow(observation: Observation, settings: Settings) -> bool:
+    latency_ms = _latency_ms(observation)
     return latency_ms is not None and latency_ms > settings.health_warn_latency_ms
 
 
