@@ -16,6 +16,7 @@ import gevent
 from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.http import HTTP_STATUS_CODES
 
 import service
 from service.config import Settings
@@ -25,6 +26,7 @@ from service.metrics import Metrics
 
 QUIET_PATHS = ("/api/health", "/metrics")  # probes and scrapes get no access line
 IDLE_SWEEP_S = 0.5
+MILLISECOND = timedelta(milliseconds=1)
 
 
 class RequestHeadTimeout(Exception):
@@ -166,12 +168,13 @@ class _Connection:
             self._timer = None
 
 
-def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
-    """gunicorn's `util.write_error`, in the service's error shape."""
-    code = "internal_error" if status == 500 else code_for(reason)
-    body = error_body(code, message or reason)
+def write_json_error(sock: Any, status: int, _reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in the service's error shape, named by the status itself."""
+    phrase = HTTP_STATUS_CODES[status]  # as Flask names it; gunicorn's reason can disagree
+    code = "internal_error" if status == 500 else code_for(phrase)
+    body = error_body(code, message or phrase)
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     util.write_nonblock(sock, head.encode("latin-1") + body)
@@ -205,7 +208,7 @@ class ServiceLogger(Logger):
             "http_method": environ.get("REQUEST_METHOD", "-"),
             "path": path,
             "status": int(status) if status.isdigit() else status,
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "duration_ms": request_time / MILLISECOND,  # exact: a timedelta counts microseconds
             "bytes_sent": getattr(resp, "sent", None),
             "remote_addr": environ.get("REMOTE_ADDR", "-"),
             "user_agent": environ.get("HTTP_USER_AGENT", "-"),

@@ -59,10 +59,14 @@ def requests_total(samples: Samples, endpoint: str, status: str, method: str = "
 
 def test_metrics_count_what_was_served(client: FlaskClient) -> None:
     before = scrape(client)
+    started = time.perf_counter()
     for _ in range(7):
         assert client.get("/api/health").status_code == 200
+    probes_took = time.perf_counter() - started
+    started = time.perf_counter()
     for _ in range(3):
         assert client.get("/api/db/test").status_code == 200
+    db_tests_took = time.perf_counter() - started
     for _ in range(2):
         assert client.get("/no/such/page").status_code == 404
     after = scrape(client)
@@ -79,6 +83,15 @@ def test_metrics_count_what_was_served(client: FlaskClient) -> None:
     assert value(after, count, **db_test) - value(before, count, **db_test) == 3
     inf_bucket = value(after, "service_http_request_duration_seconds_bucket", le="+Inf", **db_test)
     assert inf_bucket == value(after, count, **db_test)
+
+    def timed(endpoint: str) -> float:
+        labels = {"endpoint": endpoint, "status": "200"}
+        total = "service_http_request_duration_seconds_sum"
+        return value(after, total, **labels) - value(before, total, **labels)
+
+    # Each request's own duration: together no longer than the loop that sent them.
+    assert 0 < timed("health.health") <= probes_took
+    assert 0 < timed("db.test") <= db_tests_took
 
 
 def test_pool_health_and_check_latency(app: Flask, client: FlaskClient) -> None:
