@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -21,7 +22,7 @@ import pytest
 import requests
 from werkzeug.http import HTTP_STATUS_CODES
 
-from tests.support.processes import wait_for
+from tests.support.processes import children_of, wait_for
 from tests.support.service import FAST_HEALTH, ServerFactory
 from tests.test_gunicorn import _lock_waiters as lock_waiters
 from tests.test_gunicorn import server_connections
@@ -69,6 +70,12 @@ def get(sock: socket.socket, path: str) -> tuple[str, dict[str, str], bytes]:
     return read_response(sock)
 
 
+def get_once(base: str, path: str) -> tuple[str, dict[str, str], bytes]:
+    """One request on a connection of its own (a draining server closes each after one answer)."""
+    with connect(base) as sock:
+        return get(sock, path)
+
+
 @pytest.fixture
 def server(serve: ServerFactory, database_url: str):
     service_id = f"worker-{uuid.uuid4().hex[:8]}"
@@ -91,7 +98,7 @@ def server(serve: ServerFactory, database_url: str):
     return process, base, service_id
 
 
-def test_gunicorn_errors_request_heads_and_keep_alive(server, database_url) -> None:
+def test_gunicorn_errors_request_heads_and_keep_alive(server, database_url, request) -> None:
     process, base, _ = server
     # A NUL in a header, an over-long request line, a path outside SCRIPT_NAME never reach
     # Flask: gunicorn answers them itself.
@@ -165,6 +172,7 @@ def test_gunicorn_errors_request_heads_and_keep_alive(server, database_url) -> N
         requests.get(f"{base}{path}", timeout=5)
     untraced = requests.get(f"{base}/api/healthy", timeout=5)
     locker = psycopg2.connect(database_url)  # the traced request waits 0.3 s on a lock
+    request.addfinalizer(locker.close)
     with locker.cursor() as cursor:
         cursor.execute("LOCK TABLE verification IN ACCESS EXCLUSIVE MODE")
     unlock = threading.Timer(0.3, locker.rollback)
@@ -196,14 +204,14 @@ def test_gunicorn_errors_request_heads_and_keep_alive(server, database_url) -> N
 
 
 def test_sigterm_drains_then_exits_0_without_waiting_for_idle_connections(
-    server, database_url
+    server, database_url, request
 ) -> None:
     process, base, service_id = server
     wait_for(lambda: server_connections(service_id), 10, description="the checker to connect")
     idle = connect(base)  # a keep-alive client that never sends another request
     assert get(idle, "/api/health/ready")[0].startswith("HTTP/1.1 200 ")
-    busy = connect(base)
     locker = psycopg2.connect(database_url)  # holds /api/db/test in flight across the SIGTERM
+    request.addfinalizer(locker.close)  # a failed test must not leave the table locked
     with locker.cursor() as cursor:
         cursor.execute("LOCK TABLE verification IN ACCESS EXCLUSIVE MODE")
     in_flight = connect(base)
@@ -212,7 +220,9 @@ def test_sigterm_drains_then_exits_0_without_waiting_for_idle_connections(
     started = time.monotonic()
     process.proc.send_signal(signal.SIGTERM)
     status, headers, body = wait_for(
-        lambda: (answer := get(busy, "/api/health/ready"))[0].startswith("HTTP/1.1 503") and answer,
+        lambda: (
+            (answer := get_once(base, "/api/health/ready"))[0].startswith("HTTP/1.1 503") and answer
+        ),
         3,
         description="readiness to fail",
     )
@@ -232,7 +242,7 @@ def test_sigterm_drains_then_exits_0_without_waiting_for_idle_connections(
     code = process.wait_exit(8)
     elapsed = time.monotonic() - started
     assert idle.recv(1) == b"", "an idle keep-alive connection is closed without an answer"
-    for sock in (idle, busy, in_flight):
+    for sock in (idle, in_flight):
         sock.close()
     assert code == 0, process.log_tail()
     assert 0.8 <= elapsed < 5, f"exited {elapsed:.1f} s after SIGTERM; the drain is 0.8 s"
@@ -257,3 +267,18 @@ def test_sigint_stops_at_once_and_closes_every_connection(server) -> None:
     for sign_of_trouble in SIGNS_OF_TROUBLE:
         assert sign_of_trouble not in log
     wait_for(lambda: not server_connections(service_id), 5, description="no connection left")
+
+
+def test_an_aborted_worker_is_reported_as_failed_and_replaced(server) -> None:
+    """SIGABRT is what gunicorn sends a worker stuck past its timeout: the exit must say so."""
+    process, base, _ = server
+    (worker,) = children_of(process.proc.pid)
+    os.kill(worker, signal.SIGABRT)
+    wait_for(
+        lambda: f"Worker (pid:{worker}) exited with code 1" in process.log_text(),
+        10,
+        description="the master to report the aborted worker",
+    )
+    replaced = wait_for(lambda: (kids := children_of(process.proc.pid)) != [worker] and kids, 10)
+    assert len(replaced) == 1
+    assert requests.get(f"{base}/api/health/live", timeout=5).status_code == 200
