@@ -271,6 +271,16 @@ class RecordingProbe:
         return gaps[len(gaps) // 2]
 
 
+def running_checker(probe: RecordingProbe, interval_s: float):
+    """A checker of `probe` whose first check has begun."""
+    from service.health.checker import HealthChecker
+
+    checker = HealthChecker(probe, interval_s=interval_s)
+    checker.ensure_running()
+    wait_for(lambda: probe.starts(), 5)
+    return checker
+
+
 @pytest.mark.parametrize(
     ("interval_s", "period_s"),
     [
@@ -280,11 +290,8 @@ class RecordingProbe:
 )
 def test_checks_start_one_interval_apart_even_when_each_takes_time(interval_s, period_s) -> None:
     """Each check takes 0.3 s; the period is the interval, or the check when it is longer."""
-    from service.health.checker import HealthChecker
-
     probe = RecordingProbe(duration_s=0.3)
-    checker = HealthChecker(probe, interval_s=interval_s)
-    checker.ensure_running()
+    checker = running_checker(probe, interval_s)
     wait_for(lambda: len(probe.starts()) >= 5, 10)
     checker.stop(timeout_s=2)
     low, high = period_s
@@ -293,13 +300,9 @@ def test_checks_start_one_interval_apart_even_when_each_takes_time(interval_s, p
 
 def test_stop_lets_the_check_in_flight_finish_before_closing_its_connection() -> None:
     """No check runs on, or after, a closed connection: none is left on the server."""
-    from service.health.checker import HealthChecker
-
     release = threading.Event()
     probe = RecordingProbe(duration_s=0.3, release=release)
-    checker = HealthChecker(probe, interval_s=0.05)
-    checker.ensure_running()
-    wait_for(lambda: probe.starts(), 5)
+    checker = running_checker(probe, interval_s=0.05)
     release.set()  # the check in flight now takes 0.3 s more
     checker.stop(timeout_s=2)
     names = [name for name, _ in probe.events]
@@ -310,13 +313,9 @@ def test_stop_lets_the_check_in_flight_finish_before_closing_its_connection() ->
 
 def test_stop_gives_up_on_a_stuck_check_after_its_timeout() -> None:
     """A check that outlives its own deadline cannot hold up a worker's shutdown."""
-    from service.health.checker import HealthChecker
-
     release = threading.Event()
     probe = RecordingProbe(duration_s=0, release=release)
-    checker = HealthChecker(probe, interval_s=0.05)
-    checker.ensure_running()
-    wait_for(lambda: probe.starts(), 5)
+    checker = running_checker(probe, interval_s=0.05)
     started = time.monotonic()
     try:
         checker.stop(timeout_s=0.3)
