@@ -34,8 +34,8 @@ from bench.servers import (
     start_gunicorn,
     wait_serving,
 )
+from harness.pgcluster import TemporaryCluster
 from service.config import load_settings
-from tests.support.pgcluster import TemporaryCluster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"

@@ -1,4 +1,4 @@
-"""The bench's own PostgreSQL: a throwaway cluster (tests.support), a migrated database per design.
+"""The bench's own PostgreSQL: a throwaway cluster (harness), a migrated database per design.
 
 Faults (freeze, stop) are injected into this cluster only, never into a shared server.
 """
@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import free_port
+from harness.pgcluster import TemporaryCluster
+from harness.processes import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_PREFIX = "bench_"

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.support.pgcluster import TemporaryCluster
+from harness.pgcluster import TemporaryCluster
 
 ENDPOINTS = ("/api/health", "/api/db/test")
 

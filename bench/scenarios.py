@@ -28,7 +28,7 @@ import requests
 from bench.faults import Prober, summarise_probes
 from bench.load import run_wrk
 from bench.servers import Gunicorn
-from tests.support.pgcluster import TemporaryCluster
+from harness.pgcluster import TemporaryCluster
 
 PROBES = ("/api/health/live", "/api/health/ready")
 PROBE_PERIOD_S = 0.05

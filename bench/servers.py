@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import ServerProcess, children_of, free_port, wait_for
+from harness.processes import ServerProcess, children_of, free_port, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FLOOR_APP = "bench.floor_app:app"

@@ -23,7 +23,7 @@ from pathlib import Path
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
 
-from tests.support.service import ADMIN_URL, DatabaseFactory, migrate, require_postgresql
+from harness.service import ADMIN_URL, DatabaseFactory, migrate, require_postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".mutation"

@@ -1,4 +1,4 @@
-"""Fixtures only (helpers live in tests/support). Every database is real; none is mocked.
+"""Fixtures only (helpers live in harness). Every database is real; none is mocked.
 
 - `app`, `client` and `runner` follow Flask's tutorial; `make_app` builds one with settings.
 - `databases`/`database_url` need the test server (TEST_DATABASE_URL, else 127.0.0.1:5432): without
@@ -18,12 +18,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from service import create_app
-from service.extensions import db
-from tests.openapi import ConformingClient
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import ServerProcess, free_port, wait_for
-from tests.support.service import (
+from harness.pgcluster import TemporaryCluster
+from harness.processes import ServerProcess, free_port, wait_for
+from harness.service import (
     ADMIN_URL,
     AUTH_TABLES,
     FAST_HEALTH,
@@ -35,6 +32,9 @@ from tests.support.service import (
     migrate,
     require_postgresql,
 )
+from service import create_app
+from service.extensions import db
+from tests.openapi import ConformingClient
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
+from harness.service import PROJECT_ROOT, migrate
 from service.extensions import db
 from service.models import User
-from tests.support.service import PROJECT_ROOT, migrate
 
 HARNESS = PROJECT_ROOT / "tests" / "better_auth"
 

@@ -10,10 +10,10 @@ import time
 import pytest
 from flask.testing import FlaskCliRunner
 
+from harness.pgcluster import TemporaryCluster
+from harness.processes import free_port
+from harness.service import PROJECT_ROOT, SERVICE_VARIABLES, AppFactory, run_flask
 from service.cli import DatabaseNotReady, wait_for_database
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import free_port
-from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, AppFactory, run_flask
 
 PASSWORD = "wait-pw-51c0ffee"
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from harness.service import PROJECT_ROOT, run_command, run_flask
 from service.config import ConfigError, Settings, load_settings, variables
-from tests.support.service import PROJECT_ROOT, run_command, run_flask
 
 PASSWORD = "s3cret-Passw0rd"
 

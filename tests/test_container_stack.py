@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.images import base_images
-from tests.support.processes import port_is_free, wait_for
+from harness.images import base_images
+from harness.processes import port_is_free, wait_for
 from tests.test_containers import COMPOSE_FILE, COMPOSE_INSTALL, tool, tool_environment
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]

@@ -24,8 +24,8 @@ import yaml
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
+from harness.service import PROJECT_ROOT, SERVICE_VARIABLES
 from service.config import load_settings
-from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"

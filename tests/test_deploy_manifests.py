@@ -30,8 +30,8 @@ from flask import Flask
 from psycopg2 import errors, sql
 from sqlalchemy.engine import make_url
 
+from harness.service import ADMIN_URL, PROJECT_ROOT, AppFactory, admin_execute, run_command
 from service.health import ROUTES
-from tests.support.service import ADMIN_URL, PROJECT_ROOT, AppFactory, admin_execute, run_command
 from tests.test_containers import (
     SECRET_NAME,
     compose_source,

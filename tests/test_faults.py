@@ -23,10 +23,10 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from harness.pgcluster import TemporaryCluster
+from harness.processes import ServerProcess, children_of
+from harness.service import ServerFactory
 from tests.openapi import assert_conforms
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import ServerProcess, children_of
-from tests.support.service import ServerFactory
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 import requests
 
-from tests.support.processes import children_of, wait_for
-from tests.support.service import ADMIN_URL, FAST_HEALTH, ServerFactory
+from harness.processes import children_of, wait_for
+from harness.service import ADMIN_URL, FAST_HEALTH, ServerFactory
 
 pytestmark = pytest.mark.slow
 

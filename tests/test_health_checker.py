@@ -18,8 +18,8 @@ import pytest
 from flask import Flask
 
 import service
-from tests.support.processes import wait_for
-from tests.support.service import run_command
+from harness.processes import wait_for
+from harness.service import run_command
 from tests.test_deadlines import silent_server  # noqa: F401 - a fixture
 from tests.test_health_endpoints import body_json, query, wait_for_response
 

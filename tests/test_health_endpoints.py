@@ -22,10 +22,10 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
+from harness.pgcluster import TemporaryCluster
+from harness.service import AppFactory, DatabaseFactory, migrate
 from service.health.report import MEDIA_TYPE
 from service.schema import SchemaVersions, schema_versions
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.service import AppFactory, DatabaseFactory, migrate
 
 OPS_TOKEN = "ops-token-" + "7" * 24
 PRODUCTION = {

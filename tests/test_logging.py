@@ -14,8 +14,8 @@ import pytest
 import requests
 from flask import Flask
 
-from tests.support.processes import free_port, wait_for
-from tests.support.service import FAST_HEALTH, AppFactory, ServerFactory, run_flask
+from harness.processes import free_port, wait_for
+from harness.service import FAST_HEALTH, AppFactory, ServerFactory, run_flask
 
 PASSWORD = "Pw-7c1d9e4b-never-log-me"
 OPS_TOKEN = "ops-token-never-log-me-0123"

@@ -20,10 +20,10 @@ from flask import Flask, Response
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import children_of, free_port, wait_for
+from harness.service import FAST_HEALTH, AppFactory, ServerFactory
 from service import metrics
 from service.extensions import db
-from tests.support.processes import children_of, free_port, wait_for
-from tests.support.service import FAST_HEALTH, AppFactory, ServerFactory
 
 OPS_TOKEN = "metrics-ops-token-0123456789"
 PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "s" * 64}

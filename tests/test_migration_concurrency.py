@@ -16,9 +16,9 @@ from contextlib import closing
 import psycopg2
 import pytest
 
+from harness.processes import wait_for
+from harness.service import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory, run_flask
 from service.schema import schema_versions
-from tests.support.processes import wait_for
-from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES, DatabaseFactory, run_flask
 
 MIGRATION_LOCK_KEY = 0x6D696772617465  # migrations/env.py
 UPGRADERS = 8

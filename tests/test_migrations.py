@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.support.service import PROJECT_ROOT, migrate, run_flask
+from harness.service import PROJECT_ROOT, migrate, run_flask
 
 REFERENCE_SCHEMA = PROJECT_ROOT / "tests" / "better_auth" / "reference-schema.sql"
 
@@ -245,7 +245,7 @@ def test_the_embedded_sqlite_default_works_with_zero_setup(tmp_path):
 def _env_without_service(extra: dict[str, str]) -> dict[str, str]:
     import os
 
-    from tests.support.service import SERVICE_VARIABLES
+    from harness.service import SERVICE_VARIABLES
 
     return {**{k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}, **extra}
 

@@ -22,10 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from harness.pgbouncer import PgBouncer
+from harness.service import ADMIN_URL, FAST_HEALTH, AppFactory, ServerFactory
 from service.extensions import db
 from service.schema import schema_versions
-from tests.support.pgbouncer import PgBouncer
-from tests.support.service import ADMIN_URL, FAST_HEALTH, AppFactory, ServerFactory
 
 AUTH_TABLES = '"user", session, account, verification'
 

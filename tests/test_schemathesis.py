@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.service import FAST_HEALTH, ServerFactory
 from service.openapi import SPEC_PATH, document_for
-from tests.support.service import FAST_HEALTH, ServerFactory
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 INSTALL = "pip install -r requirements-dev.txt (schemathesis is pinned there)"

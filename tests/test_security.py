@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from flask.cli import routes_command
 
-from tests.support.processes import free_port
+from harness.processes import free_port
 from tests.test_health_endpoints import wait_for_response
 
 TOKEN = "ops-token-0123456789abcdef"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import children_of, wait_for
-from tests.support.service import ServerFactory
+from harness.pgcluster import TemporaryCluster
+from harness.processes import children_of, wait_for
+from harness.service import ServerFactory
 
 pytestmark = pytest.mark.slow
 

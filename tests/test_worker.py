@@ -23,8 +23,8 @@ import pytest
 import requests
 from werkzeug.http import HTTP_STATUS_CODES
 
-from tests.support.processes import children_of, wait_for
-from tests.support.service import FAST_HEALTH, ServerFactory
+from harness.processes import children_of, wait_for
+from harness.service import FAST_HEALTH, ServerFactory
 from tests.test_gunicorn import _lock_waiters as lock_waiters
 from tests.test_gunicorn import server_connections
 

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.haproxy import HAProxy
-from tests.support.pgcluster import TemporaryCluster
-from tests.support.processes import ServerProcess, children_of, free_port, wait_for
-from tests.support.service import PROJECT_ROOT, SERVICE_VARIABLES
-from tests.support.traffic import (
+from harness.haproxy import HAProxy
+from harness.pgcluster import TemporaryCluster
+from harness.processes import ServerProcess, children_of, free_port, wait_for
+from harness.service import PROJECT_ROOT, SERVICE_VARIABLES
+from harness.traffic import (
     IdleKeepAlive,
     LoadLoop,
     Outcome,

@@ -4,7 +4,7 @@ Everything compose pulls rather than builds: each `FROM` of the Dockerfile (stag
 excluded) and each service's `image` that has no `build`, every profile included. `.ci/run`
 hands them to `engine.sh images`, which makes local stand-ins where no registry is reachable:
 
-    python -m tests.support.images
+    python -m harness.images
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_images(root: Path = ROOT) -> list[str]:

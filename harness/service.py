@@ -14,10 +14,10 @@ from flask import Flask
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
+from harness.processes import ServerProcess
 from service.config import variables
-from tests.support.processes import ServerProcess
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 AUTH_TABLES = ('"user"', "session", "account", "verification")
 

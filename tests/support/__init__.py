@@ -1,1 +1,0 @@
-"""Helpers for fault-injection tests: throwaway PostgreSQL, PgBouncer and server processes."""
