@@ -27,7 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+import h11
+
 HOST = "127.0.0.1"
+MAX_HEAD_BYTES = 65536
 
 
 # ------------------------------------------------------------------------------ HTTP/1.1
@@ -57,6 +60,7 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    reason: str = ""
 
     @property
     def media_type(self) -> str:
@@ -82,82 +86,67 @@ class Response:
 
 
 class ResponseParser:
-    """Incremental parser of one response: `feed` bytes until it returns the `Response`.
+    """Incremental parser of one response (h11): `feed` bytes until it returns the `Response`.
 
-    Bodies are delimited by Content-Length, chunked encoding, or the end of the connection
-    (`finish`). Extra bytes after the response are ignored (nothing here pipelines).
+    h11 frames the body (Content-Length, chunked, or the end of the connection: `finish`). Any
+    malformed or cut-off response raises ValueError. Nothing here pipelines.
     """
 
     def __init__(self, head_request: bool = False) -> None:
-        self._buffer = b""
-        self._head: tuple[str, int, dict[str, str]] | None = None
-        self._head_request = head_request
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # h11 frames a response by the request it answers: tell it which one was sent.
+        method = "HEAD" if head_request else "GET"
+        self._h11.send(h11.Request(method=method, target="/", headers=[("Host", HOST)]))
+        self._h11.send(h11.EndOfMessage())
+        self._head: h11.Response | None = None
+        self._body = bytearray()
+        self._received = False
 
     def feed(self, data: bytes) -> Response | None:
-        self._buffer += data
-        if self._head is None:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > 65536:
-                    raise ValueError("response head over 64 KiB")
-                return None
-            self._head = _parse_head(self._buffer[:end])
-            self._buffer = self._buffer[end + 4 :]
-        version, status, headers = self._head
-        if self._head_request or status in (204, 304) or 100 <= status < 200:
-            return Response(version, status, headers, b"")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = _dechunk(self._buffer)
-            return None if body is None else Response(version, status, headers, body)
-        if "content-length" in headers:
-            length = int(headers["content-length"])
-            if len(self._buffer) < length:
-                return None
-            return Response(version, status, headers, self._buffer[:length])
-        return None  # delimited by the end of the connection
+        """Bytes received; the response once it is complete, else None."""
+        if data:
+            self._received = True
+            self._h11.receive_data(data)
+        return self._next()
 
     def finish(self) -> Response:
-        """The connection ended: the response as far as it is complete, else ValueError."""
-        if self._head is None:
-            raise ValueError(
-                "connection closed before a response" + (" head" if self._buffer else "")
-            )
-        version, status, headers = self._head
-        framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
-        if framed:
-            raise ValueError("connection closed in the middle of the response body")
-        return Response(version, status, headers, self._buffer)
+        """The connection ended: the response if it is complete, else ValueError."""
+        if not self._received:
+            raise ValueError("connection closed before a response")
+        self._h11.receive_data(b"")
+        response = self._next()
+        if response is None:
+            raise ValueError("connection closed before a complete response")
+        return response
+
+    def _next(self) -> Response | None:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise ValueError(f"bad or incomplete HTTP response: {error}") from None
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return None
+            if isinstance(event, h11.Response):
+                self._head = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+            elif isinstance(event, h11.EndOfMessage) and self._head is not None:
+                return _response(self._head, bytes(self._body))
 
 
-def _parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    if not version.startswith("HTTP/"):
-        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
-    status = int(rest[:3])
+def _response(head: h11.Response, body: bytes) -> Response:
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return version, status, headers
-
-
-def _dechunk(data: bytes) -> bytes | None:
-    """The decoded body if `data` holds a complete chunked body, else None."""
-    body, position = b"", 0
-    while True:
-        end = data.find(b"\r\n", position)
-        if end < 0:
-            return None
-        size = int(data[position:end].split(b";")[0], 16)
-        position = end + 2
-        if size == 0:
-            return body if data.find(b"\r\n", position) >= 0 else None
-        if len(data) < position + size + 2:
-            return None
-        body += data[position : position + size]
-        position += size + 2
+    for raw_name, raw_value in head.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Response(
+        version=f"HTTP/{head.http_version.decode()}",
+        status=head.status_code,
+        headers=headers,
+        body=body,
+        reason=head.reason.decode("latin-1"),
+    )
 
 
 def exchange(
