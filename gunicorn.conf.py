@@ -1,7 +1,9 @@
-"""gunicorn's settings: each is declared once, in service/config.py, and read from there.
+"""gunicorn's settings and hooks: each setting is declared once, in service/config.py.
 
-Any other gunicorn flag can be given through GUNICORN_CMD_ARGS. Why these values and this worker:
-docs/architecture.md ("Serving") and docs/deployment.md ("Shutdown arithmetic").
+The master loads the service's settings here (`process_settings`: its logger reads the same object,
+and each worker builds its app from it). Any other gunicorn flag can be given through
+GUNICORN_CMD_ARGS. Why these values and this worker: docs/architecture.md ("Serving") and
+docs/deployment.md ("Shutdown arithmetic").
 """
 
 import os
@@ -30,10 +32,11 @@ def _metrics_dir() -> bool:
 _made_metrics_dir = _metrics_dir()
 
 from service import server  # noqa: E402
-from service.config import ConfigError, load_settings  # noqa: E402
+from service.config import ConfigError, process_settings  # noqa: E402
 
 try:
-    settings = load_settings(instance_path=os.path.join(os.path.dirname(__file__), "instance"))
+    process_settings.cache_clear()  # a SIGHUP re-reads this file: read the settings afresh too
+    settings = process_settings()
 except ConfigError as error:
     sys.exit(f"configuration error: {error}")
 
@@ -54,7 +57,6 @@ control_socket_disable = True
 accesslog = None if settings.gunicorn_access_log == "off" else settings.gunicorn_access_log
 errorlog = settings.gunicorn_error_log
 loglevel = settings.gunicorn_log_level
-server.ServiceLogger.settings = server.Worker.settings = settings
 logger_class = server.ServiceLogger
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request, Response
@@ -13,24 +12,26 @@ from flask.sessions import SessionInterface
 
 from service import database, extensions, health, schema
 from service.cli import register_commands
-from service.config import Settings, load_settings
+from service.config import INSTANCE_PATH, Settings, load_settings
 from service.errors import register_errorhandlers
 from service.logs import configure_logging, register_request_ids
 
 __version__ = "0.1.0"
 
-INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"  # the SQLite default's home
-
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: Mapping[str, object] | None = None) -> Flask:
-    """Build the app; `test_config` overrides settings by their environment variable names.
+def create_app(
+    test_config: Mapping[str, object] | None = None, *, settings: Settings | None = None
+) -> Flask:
+    """Build the app from `settings` already loaded, else from the environment and `test_config`.
 
-    Raises `service.config.ConfigError` (one line, no secret) when a setting is invalid.
+    `test_config` overrides settings by their environment variable names. Raises
+    `service.config.ConfigError` (one line, no secret) when a setting is invalid.
     """
     app = Flask(__name__, instance_path=str(INSTANCE_PATH))
-    settings = load_settings(test_config, instance_path=app.instance_path)
+    if settings is None:
+        settings = load_settings(test_config, instance_path=app.instance_path)
     app.config.update(
         SETTINGS=settings,
         SECRET_KEY=settings.secret_key,

@@ -6,6 +6,7 @@ code receives a frozen, typed `Settings` and never reads `os.environ` again.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import types
@@ -19,6 +20,7 @@ from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_SQLITE_NAME = "service.sqlite3"
+INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"  # the SQLite default's home
 
 
 class ConfigError(Exception):
@@ -135,6 +137,16 @@ def variables() -> Iterator[tuple[str, Field[Any]]]:
     for declared in fields(Settings):
         if not declared.metadata.get("derived"):
             yield declared.name.upper(), declared
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """This process's settings, loaded from its environment once, on first use.
+
+    Under gunicorn the master loads them (gunicorn.conf.py) and its logger reads them; each worker
+    inherits them by fork and builds its app from them (wsgi.py). Raises `ConfigError`.
+    """
+    return load_settings(instance_path=INSTANCE_PATH)
 
 
 def mask_url(url: URL) -> str:

@@ -2,6 +2,8 @@
 
 The worker is gevent's, plus three things gunicorn lacks: a drain before a graceful stop, a
 deadline on request heads, and errors in the service's JSON shape. Why: docs/architecture.md.
+Settings flow one way: the master loads them (`process_settings`, read by the logger too), each
+worker's app is built from that same object, and the worker reads its own from the app it serves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.http import HTTP_STATUS_CODES
 
 import service
-from service.config import Settings
+from service.config import Settings, process_settings
 from service.errors import code_for, error_body
 from service.logs import RequestIdFilter, build_formatter
 from service.metrics import Metrics
@@ -40,7 +42,7 @@ class _EndOfConnection(BaseException):
 class Worker(GeventWorker):
     """gevent worker that drains on SIGTERM, bounds request heads and answers errors in JSON."""
 
-    settings: Settings  # set by gunicorn.conf.py, which loads them in the master
+    settings: Settings  # the settings of the app it serves, once loaded (`load_wsgi`)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +64,7 @@ class Worker(GeventWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        self.settings = self.wsgi.config["SETTINGS"]
         service.start_serving(self.wsgi)
 
     def run(self) -> None:
@@ -183,12 +186,11 @@ def write_json_error(sock: Any, status: int, _reason: str, message: str) -> None
 class ServiceLogger(Logger):
     """gunicorn's lines in the app's format and redaction; no access lines for probes."""
 
-    settings: Settings  # set by gunicorn.conf.py, which loads them in the master
-
     def setup(self, cfg: Any) -> None:
         """At start and on every reload (SIGHUP) gunicorn rebuilds its handlers: dress them."""
         super().setup(cfg)
-        formatter = build_formatter(str(self.settings.log_format), self.settings.secrets)
+        settings = process_settings()
+        formatter = build_formatter(str(settings.log_format), settings.secrets)
         for logger in (self.error_log, self.access_log):
             for handler in logger.handlers:
                 if getattr(handler, "_gunicorn", False):
