@@ -56,12 +56,7 @@ def databases() -> Iterator[DatabaseFactory]:
 
 @pytest.fixture(scope="session")
 def database_url(databases: DatabaseFactory) -> str:
-    """This run's main database, migrated to head by `flask db upgrade`.
-
-    `make mutation` runs the tests once per mutant and passes one it migrated beforehand.
-    """
-    if premigrated := os.environ.get("TEST_MIGRATED_DATABASE_URL"):
-        return premigrated
+    """This run's main database, migrated to head by `flask db upgrade`."""
     url = databases.create()
     migrate(url)
     return url
