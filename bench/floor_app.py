@@ -1,9 +1,9 @@
 """The floor: a bare Flask app returning a constant JSON body, served with the service's settings.
 
 The ratio of the service's /api/health throughput to this app's throughput shows what the health
-path costs on top of Flask and gunicorn themselves. the gunicorn worker expects the
-service's shape (a Flask-SQLAlchemy engine to dispose at exit, a health checker to start), so
-this app offers that shape and nothing a request would pay for.
+path costs on top of Flask and gunicorn themselves. The gunicorn worker expects the
+service's shape (its settings, a Flask-SQLAlchemy engine to dispose at exit, a health checker to
+start), so this app offers that shape and nothing a request would pay for.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 
 from flask import Flask, Response
 
+from service.config import process_settings
 from service.extensions import db
 
 BODY = json.dumps({"status": "pass"}).encode()
@@ -37,6 +38,7 @@ class _NoChecker:
 def create_floor_app() -> Flask:
     """Build the floor app; the engine exists only for the post_fork hook and never connects."""
     app = Flask(__name__)
+    app.config["SETTINGS"] = process_settings()  # the worker's drain and head deadline
     app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///:memory:"
     db.init_app(app)
     # Flask-SQLAlchemy adds a per-request session teardown; the floor must not pay for it.
