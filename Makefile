@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# Processes for the independent tests (pytest-xdist); most of their time is spent waiting on
+# PostgreSQL and subprocesses, so a two-core machine runs three well.
+TEST_JOBS ?= 3
 # What the suite drives for real, as command:Debian-package: PgBouncer, the compose validator, the
 # PostgreSQL server (throwaway clusters) and client (pg_dump), Node.js for Better Auth, wrk for
 # the benchmark, HAProxy for the rolling restart. Commands are checked, not package names: Node
@@ -20,10 +23,20 @@ run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py
 
+# The suite in two parts: the independent tests in parallel, then the tests marked `serial` (load,
+# faults, real gunicorn under time bounds) one at a time, with the machine to themselves. Both parts
+# always run; the first failure's status is the exit status (5, no test selected, is no failure:
+# PYTEST_ARGS may select tests of one part only).
 test: $(VENV)/.dev system-deps tests/better_auth/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	status=0; \
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial and not containers" \
+	  $(PYTEST_ARGS) || status=$$?; \
+	[ $$status = 5 ] && status=0; \
+	$(BIN)/pytest -m "serial and not containers" $(PYTEST_ARGS) || { s=$$?; [ $$s = 5 ] || \
+	  [ $$status != 0 ] || status=$$s; }; \
+	exit $$status
 
 # The container tests (tests/test_container_stack.py, marker `containers`, which `make test` leaves
 # out): build the image, run the compose stack on free ports, break it, take it down. They need a

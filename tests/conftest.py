@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -160,5 +161,5 @@ def serve(tmp_path: Path) -> Iterator[ServerFactory]:
         return process, base_url
 
     yield start
-    for process in servers:
-        process.terminate(timeout=30)
+    for process in servers:  # a quick stop: tests of the drain send SIGTERM themselves
+        process.terminate(signal.SIGINT, timeout=30)

@@ -72,6 +72,7 @@ def test_backoff_grows_exponentially_and_is_capped(make_app: AppFactory) -> None
         assert nominal * 0.8 <= delay <= nominal * 1.2  # jittered by +-20 %
 
 
+@pytest.mark.serial  # a 0.6 s timeout, timed
 def test_the_last_attempt_never_sleeps_past_the_timeout(make_app: AppFactory) -> None:
     app = make_app(DATABASE_URL=unreachable_url())
     settings = app.config["SETTINGS"]
@@ -82,7 +83,6 @@ def test_the_last_attempt_never_sleeps_past_the_timeout(make_app: AppFactory) ->
     assert PASSWORD not in str(caught.value) and "svc:***@" in str(caught.value)
 
 
-@pytest.mark.slow
 def test_wait_returns_once_a_stopped_database_starts(
     faulty_cluster: TemporaryCluster, cluster_database_url: str
 ) -> None:
@@ -110,7 +110,6 @@ def test_wait_returns_once_a_stopped_database_starts(
     assert time.monotonic() - started < 8  # backoff caps the delay at a few seconds
 
 
-@pytest.mark.slow
 def test_a_frozen_database_cannot_stretch_the_wait(
     faulty_cluster: TemporaryCluster, cluster_database_url: str
 ) -> None:

@@ -18,6 +18,8 @@ from sqlalchemy import text
 from service.deadlines import deadline
 from service.extensions import db
 
+pytestmark = pytest.mark.serial  # each deadline is measured in time
+
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:

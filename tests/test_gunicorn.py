@@ -18,8 +18,6 @@ import requests
 from harness.processes import children_of, wait_for
 from harness.service import ADMIN_URL, FAST_HEALTH, ServerFactory
 
-pytestmark = pytest.mark.slow
-
 
 def server_connections(application_prefix: str) -> list[tuple[str, str]]:
     """(application_name, state) of the server's sessions whose name starts with the prefix."""
@@ -70,7 +68,7 @@ def test_hooks_start_each_workers_checker_and_make_the_metrics_folder(
     assert len(folders) == 1
     (folder,) = folders
 
-    assert process.terminate(signal.SIGTERM, timeout=15) == 0
+    assert process.terminate(signal.SIGINT, timeout=15) == 0
     assert "Shutting down: Master" in process.log_text()
     wait_for(lambda: not server_connections(service_id), 5, description="connections to close")
     assert not folder.exists(), "the master removes the metrics folder it made"
@@ -89,7 +87,7 @@ def test_access_log_is_json_with_request_ids_and_without_probes(
     missing = requests.get(f"{base}/no/such/page", timeout=5)
     assert missing.status_code == 404
     wait_for(lambda: "/no/such/page" in process.log_text(), 5)
-    process.terminate(timeout=15)
+    process.terminate(signal.SIGINT, timeout=15)
 
     records = json_lines(process.log_text())  # every line is JSON, gunicorn's own included
     assert {"time", "level", "name", "request_id", "message"} <= records[0].keys()
@@ -112,6 +110,7 @@ class Outcome:
     error: str = ""
 
 
+@pytest.mark.serial  # load across a SIGTERM, within the graceful timeout
 def test_sigterm_under_load_finishes_every_request_in_flight(
     serve: ServerFactory, database_url: str
 ) -> None:

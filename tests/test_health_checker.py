@@ -178,6 +178,7 @@ def test_a_missing_schema_is_an_answer_not_an_outage(make_app, databases) -> Non
     assert check["status"] == "pass" and check["observedValue"] > 0
 
 
+@pytest.mark.serial  # a bound of 0.5 s, timed
 def test_the_first_probe_waits_half_a_second_at_most(make_app, silent_server) -> None:  # noqa: F811
     """A database that never answers: the first probe says `starting` after 0.5 s."""
     app = make_app(
@@ -281,6 +282,7 @@ def running_checker(probe: RecordingProbe, interval_s: float):
     return checker
 
 
+@pytest.mark.serial  # periods of 0.1 to 0.5 s, timed
 @pytest.mark.parametrize(
     ("interval_s", "period_s"),
     [
@@ -311,6 +313,7 @@ def test_stop_lets_the_check_in_flight_finish_before_closing_its_connection() ->
     assert [name for name, _ in probe.events] == names  # nothing ran after stop() returned
 
 
+@pytest.mark.serial  # a stop bounded by its 0.3 s timeout, timed
 def test_stop_gives_up_on_a_stuck_check_after_its_timeout() -> None:
     """A check that outlives its own deadline cannot hold up a worker's shutdown."""
     release = threading.Event()
@@ -352,6 +355,7 @@ def test_a_process_that_served_probes_can_exit_without_stopping_its_checker(data
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.serial  # looks counted over a second
 def test_the_database_is_checked_once_per_interval_not_more(make_app) -> None:
     """Probes never cause checks: 20 probes in a second see about five looks at 0.2 s apart."""
     app = make_app(HEALTH_CHECK_INTERVAL_S="0.2", HEALTH_STALE_AFTER_S="1")

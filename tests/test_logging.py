@@ -8,6 +8,7 @@ and collects every byte the service prints: the app under the real gunicorn in b
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -67,7 +68,6 @@ def test_a_short_password_is_masked_in_urls_without_mangling_every_line(
     assert "svc:***@127.0.0.1" in line and "pool=queue" in line
 
 
-@pytest.mark.slow
 def test_no_password_in_any_output_when_the_database_is_unreachable(
     serve: ServerFactory,
 ) -> None:
@@ -84,7 +84,7 @@ def test_no_password_in_any_output_when_the_database_is_unreachable(
             assert PASSWORD not in response.text
         wait_for(lambda p=process: "database outage" in p.log_text(), 5)
         time.sleep(0.5)  # a few failed background checks
-        process.terminate(timeout=15)
+        process.terminate(signal.SIGINT, timeout=15)
         outputs[f"gunicorn {log_format}"] = process.log_text()
 
     for args in (["db", "upgrade"], ["db", "current"], ["db", "wait", "--timeout", "1"]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import time
 import timeit
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +170,7 @@ def test_openmetrics_is_served_to_who_asks_for_it(client: FlaskClient) -> None:
     assert response.get_data(as_text=True).rstrip().endswith("# EOF")
 
 
+@pytest.mark.serial  # timings of CPU-bound code, compared
 def test_request_metrics_cost_under_five_percent_of_a_health_probe(client: FlaskClient) -> None:
     """What the timing costs per request, against the fastest path it sits on (/api/health).
 
@@ -205,7 +207,6 @@ def metric_files(directory: Path) -> dict[int, list[str]]:
     return found
 
 
-@pytest.mark.slow
 def test_under_gunicorn_every_workers_requests_are_summed(
     serve: ServerFactory, database_url: str, tmp_path: Path
 ) -> None:
@@ -250,5 +251,5 @@ def test_under_gunicorn_every_workers_requests_are_summed(
     samples = parse(requests.get(f"{base}/metrics", timeout=10).text)
     assert requests_total(samples, "health.live", "200") == baseline + number
     assert value(samples, "service_db_pool_size") == 20  # the replacement worker counts instead
-    process.terminate()
+    process.terminate(signal.SIGINT)
     assert directory.exists(), "an operator's folder is left in place"

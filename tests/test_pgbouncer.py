@@ -80,7 +80,7 @@ def test_timeouts_are_set_per_transaction_through_pgbouncer(
             assert cursor.fetchone() == ("0",)
 
 
-@pytest.mark.slow
+@pytest.mark.serial  # bounds the lock timeout's answer in time
 def test_every_endpoint_works_through_pgbouncer_and_its_timeouts_hold(
     serve: ServerFactory, bouncer_url: str, database_url: str
 ) -> None:

@@ -30,7 +30,6 @@ def test_production_serves_the_published_document_and_development_drops_the_guar
     assert "security" not in open_ and not {"401", "404"} & open_["responses"].keys()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["development", "production"])
 def test_schemathesis_finds_no_failure(
     mode: str, serve: ServerFactory, database_url: str, tmp_path: Path

@@ -28,7 +28,7 @@ from harness.service import FAST_HEALTH, ServerFactory
 from tests.test_gunicorn import _lock_waiters as lock_waiters
 from tests.test_gunicorn import server_connections
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.serial  # head deadlines, drain and stops, timed
 
 HEAD_TIMEOUT_S = 0.6
 # what an operator must not find in the log of a clean stop (gunicorn says the last when a worker
