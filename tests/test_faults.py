@@ -28,7 +28,7 @@ from harness.processes import ServerProcess, children_of
 from harness.service import ServerFactory
 from tests.openapi import assert_conforms
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.serial
 
 WORKERS = 2
 FAST = {
@@ -39,8 +39,8 @@ FAST = {
 }
 DEFAULTS: dict[str, str] = {}  # the shipped defaults: interval 1 s, stale after 3 s, deadline 2 s
 PROBE_LIMIT_S = 1.0  # Kubernetes' default probe timeout
-DB_TEST_LIMIT_S = 2.5  # DB_DEADLINE_S plus the time to answer
-RECOVERY_S = 3.0
+DB_TEST_LIMIT_S = 3.5  # DB_DEADLINE_S, plus what a machine with one CPU taken needs to answer
+RECOVERY_S = 3.0  # every worker healthy again this long after the database is (checks: 0.5-1 s)
 HTTP_TIMEOUT_S = 5.0  # a hang fails the test instead of hanging it
 AUTH_TABLES = '"user", session, account, verification'
 JSON_TYPES = ("application/json", "application/health+json")
@@ -167,10 +167,13 @@ class Service:
         self.wait_for("/api/health", 200, within_s=5)
 
     def assert_recovered(self, recovered_at: float) -> None:
-        """The very first requests after recovery succeed, and health follows within 3 s."""
+        """The very first requests after recovery succeed, and within RECOVERY_S every worker's
+        health says 200 (a burst on new connections reaches both workers)."""
         first = self.get("/api/db/test")
         assert first.status == 200, f"first /api/db/test after recovery: {first.body}"
-        self.wait_for("/api/health", 200, within_s=RECOVERY_S - (time.monotonic() - recovered_at))
+        while not all(s.status == 200 for s in self.burst("/api/health")):
+            assert time.monotonic() - recovered_at < RECOVERY_S, "health did not follow in time"
+            time.sleep(0.05)
         assert time.monotonic() - recovered_at < RECOVERY_S
         burst = self.burst("/api/db/test")
         assert [s.status for s in burst] == [200] * len(burst), [s.body for s in burst]
@@ -282,11 +285,9 @@ def test_database_stopped_then_started(
         faulty_cluster.start()
         recovered_at = time.monotonic()
         service.assert_recovered(recovered_at)
-        sleep_until(recovered_at + RECOVERY_S + 0.5)  # every worker's probes must say 200 by now
     assert_outage_seen(
         service, health, db_test, fault_at, effective_at, ended_at, {"database_unavailable"}
     )
-    assert {s.status for s in health.between(recovered_at + RECOVERY_S)} == {200}
     service.assert_clean_log()
 
 
@@ -307,9 +308,7 @@ def test_database_frozen_then_thawed(
         faulty_cluster.thaw()
         recovered_at = time.monotonic()
         service.assert_recovered(recovered_at)
-        sleep_until(recovered_at + RECOVERY_S + 0.5)  # every worker's probes must say 200 by now
     assert_outage_seen(service, health, db_test, fault_at, effective_at, ended_at, {"timeout"})
-    assert {s.status for s in health.between(recovered_at + RECOVERY_S)} == {200}
     service.assert_clean_log()
 
 
@@ -327,7 +326,6 @@ def test_database_restarted(
         recovered_at = time.monotonic()
         db_test.stop()
         service.assert_recovered(recovered_at)
-        sleep_until(recovered_at + RECOVERY_S + 0.5)
     health.assert_healthy_run(PROBE_LIMIT_S)
     db_test.assert_healthy_run(DB_TEST_LIMIT_S)
     during = db_test.between(fault_at, recovered_at)
@@ -336,7 +334,6 @@ def test_database_restarted(
         (503, "database_unavailable"),
         (503, "timeout"),
     }
-    assert {s.status for s in health.between(recovered_at + RECOVERY_S)} == {200}
     service.assert_clean_log()
 
 

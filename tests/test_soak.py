@@ -1,9 +1,10 @@
-"""A soak: 60 s of mixed load on the real gunicorn, with a database restart in the middle.
+"""A soak: 20 s of mixed load on the real gunicorn, with a database restart in the middle.
 
 Every response must be a 200 or a JSON 503 (never a 500, never a dropped connection), no worker
 may be killed or replaced, and the workers' memory (RSS, from /proc) must level off rather than
 grow with the number of requests served. Worker recycling (max_requests) is off here, so it
-cannot hide a leak.
+cannot hide a leak. Longer runs, and the memory each design holds, are the benchmark's
+(`python -m bench`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from harness.pgcluster import TemporaryCluster
 from harness.processes import children_of, wait_for
 from harness.service import ServerFactory
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.serial
 
-DURATION_S = 60.0
-WARM_UP_S = 5.0  # imports, caches and pools fill up; not part of the memory comparison
-RESTART_AT_S = 25.0
+DURATION_S = 20.0
+WARM_UP_S = 3.0  # imports, caches and pools fill up; not part of the memory comparison
+RESTART_AT_S = 8.0
+RECOVERED_BY_S = DURATION_S - 6  # every /api/db/test sent after this must succeed
 LOAD_THREADS = 4
 
 
@@ -33,7 +35,7 @@ LOAD_THREADS = 4
 class Tally:
     statuses: Counter = field(default_factory=Counter)  # (path, status) -> count
     errors: Counter = field(default_factory=Counter)  # (path, error type) -> count
-    late_db_statuses: Counter = field(default_factory=Counter)  # db test, last 10 s
+    late_db_statuses: Counter = field(default_factory=Counter)  # db test, after RECOVERED_BY_S
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -51,7 +53,7 @@ def average(values: list[int]) -> float:
     return sum(values) / len(values)
 
 
-def test_sixty_seconds_of_load_across_a_database_restart(
+def test_twenty_seconds_of_load_across_a_database_restart(
     serve: ServerFactory, faulty_cluster: TemporaryCluster, cluster_database_url: str
 ) -> None:
     process, base = serve(
@@ -85,7 +87,7 @@ def test_sixty_seconds_of_load_across_a_database_restart(
                 continue
             with tally.lock:
                 tally.statuses[(path, status)] += 1
-                if path == "/api/db/test" and time.monotonic() - started > DURATION_S - 10:
+                if path == "/api/db/test" and time.monotonic() - started > RECOVERED_BY_S:
                     tally.late_db_statuses[status] += 1
 
     threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(LOAD_THREADS)]
@@ -107,11 +109,6 @@ def test_sixty_seconds_of_load_across_a_database_restart(
     for thread in threads:
         thread.join(15)
 
-    served = sum(tally.statuses.values())
-    print(
-        f"\nsoak: {served} responses in {DURATION_S:.0f}s ({served / DURATION_S:.0f}/s), "
-        f"{dict(tally.statuses)}, errors {dict(tally.errors)}"
-    )
     assert not tally.errors, tally.errors
     assert {status for _, status in tally.statuses} <= {200, 503}, tally.statuses
     assert tally.statuses[("/api/db/test", 503)] > 0, "the restart was not seen by the load"
