@@ -1,8 +1,8 @@
 """`python -m bench [--smoke] [--duration S] [--rounds N] [--out FILE] [--plot FILE] [--profile]
-[--todays REV]`.
+[--gthread REV]`.
 
 Runs every measurement of docs/performance.md against servers and a database it starts itself,
-for two designs side by side (today's, checked out from git history, and this tree's; see
+for two designs side by side (gthread, checked out from git history, and this tree's; see
 bench/designs.py), prints the tables, and writes the JSON (and the fault-timeline plot). Exit
 status: 0 when the run completed (whether or not the targets were met: they are reported, not
 enforced), 2 when wrk or matplotlib is missing, 1 on any other failure.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {error}", file=sys.stderr)
         return 2
     results = run(
-        plan, out.with_suffix(""), profile_storm=args.profile, todays_revision=args.todays
+        plan, out.with_suffix(""), profile_storm=args.profile, gthread_revision=args.gthread
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     results["meta"]["plot"] = str(
@@ -121,16 +121,16 @@ def run(
     artefacts: Path,
     *,
     profile_storm: bool = False,
-    todays_revision: str = designs.TODAYS_REVISION,
+    gthread_revision: str = designs.GTHREAD_REVISION,
 ) -> dict[str, Any]:
-    """Check out today's design, start everything, measure, stop everything; return the results."""
+    """Check out the gthread design, start everything, measure, stop everything; return results."""
     started = time.monotonic()
     scenarios.raise_open_files_limit()
-    with designs.todays(todays_revision, _say) as todays:
-        chosen = [d for d in (todays, designs.this_tree()) if d is not None]
+    with designs.gthread(gthread_revision, _say) as gthread:
+        chosen = [d for d in (gthread, designs.this_tree()) if d is not None]
         results = _run(plan, chosen, artefacts, profile_storm)
-    results["meta"]["todays_revision"] = todays_revision
-    results["meta"]["todays_skipped"] = todays is None
+    results["meta"]["gthread_revision"] = gthread_revision
+    results["meta"]["gthread_skipped"] = gthread is None
     results["targets"] = report.targets(results)
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     return results
@@ -381,10 +381,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="add a py-spy profiled storm")
     parser.add_argument(
-        "--todays",
-        default=designs.TODAYS_REVISION,
+        "--gthread",
+        default=designs.GTHREAD_REVISION,
         metavar="REV",
-        help=f"git revision of today's design (default {designs.TODAYS_REVISION})",
+        help=f"git revision of the gthread design (default {designs.GTHREAD_REVISION})",
     )
     return parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
-"""The server designs compared side by side: today's, from git history, and this tree's.
+"""The server designs compared side by side: gthread (before issue 10), from git, and this tree.
 
-Today's design is checked out by the bench itself (`git worktree add --detach`) into a temporary
+The gthread design is checked out by the bench itself (`git worktree add --detach`) into a temporary
 folder, run with this venv's python, and removed at the end, so nothing of it enters this tree.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The last commit of the gthread design: 2 workers x 4 threads, preload, a WSGI fast path for
 # health probes in front of Flask.
-TODAYS_REVISION = "ee7ba07"
+GTHREAD_REVISION = "ee7ba07"
 
 
 @dataclass(frozen=True)
 class Design:
     """One way of serving the service: a source tree with its own gunicorn.conf.py and floor."""
 
-    key: str  # short name used in the results: "todays" or "new"
+    key: str  # short name used in the results: "gthread" or "new"
     label: str
     root: Path
     revision: str
@@ -44,21 +44,21 @@ def this_tree() -> Design:
 
 
 @contextmanager
-def todays(revision: str, log: Callable[[str], None]) -> Iterator[Design | None]:
-    """Today's design checked out at `revision`; None (after saying why) if git cannot."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-todays-"))
+def gthread(revision: str, log: Callable[[str], None]) -> Iterator[Design | None]:
+    """The gthread design checked out at `revision`; None (after saying why) if git cannot."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-gthread-"))
     folder.rmdir()  # git worktree add wants to create it
     added = _git("worktree", "add", "--detach", str(folder), revision)
     if added.returncode != 0:
         log(
-            f"today's design skipped: cannot check out {revision} "
+            f"the gthread design skipped: cannot check out {revision} "
             f"({added.stderr.strip().splitlines()[-1:] or 'no git'}); only this tree is measured"
         )
         yield None
         return
     try:
         label = f"gthread x 4 threads, preload, WSGI fast path for probes, at {revision}"
-        yield Design("todays", label, folder, revision)
+        yield Design("gthread", label, folder, revision)
     finally:
         _git("worktree", "remove", "--force", str(folder))
         shutil.rmtree(folder, ignore_errors=True)

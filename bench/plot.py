@@ -105,7 +105,7 @@ def plot_timeline(timeline: dict[str, Any], settings: dict[str, Any], path: Path
     return path
 
 
-DESIGN_STYLE = {"todays": ("today's (gthread)", "#ef6c00"), "new": ("new (gevent)", "#1565c0")}
+DESIGN_STYLE = {"gthread": ("gthread (ee7ba07)", "#ef6c00"), "new": ("new (gevent)", "#1565c0")}
 
 
 def plot_scenarios(scenarios: dict[str, Any], path: Path) -> Path:

@@ -15,7 +15,7 @@ STATS_GRANULARITY = 0.05
 DB_TEST_P50_TARGET_MS = 5.0
 FROZEN_HEALTH_LATENCY_TARGET_MS = 1000.0
 RECOVERY_TARGET_S = 2.0
-TODAYS_RATIO_TARGET = 0.9  # the new design keeps at least this share of today's throughput
+GTHREAD_RATIO_TARGET = 0.9  # the new design keeps at least this share of gthread's throughput
 PROBE_MAX_TARGET_MS = 1000.0  # Kubernetes' default probe timeoutSeconds
 PROBE_P99_TARGET_MS = 100.0
 THAW_RECOVERY_TARGET_S = 3.0
@@ -23,7 +23,7 @@ HEADER_LINE_SLACK_S = 2.0  # a slow client's next line may come up to this late
 
 
 def summarise_health(rounds: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
-    """Per design, its service against its floor; then the new design's service against today's.
+    """Per design, its service against its floor; then the new design's service against gthread's.
 
     Ratios are taken within a round (servers measured back to back), then the median over rounds.
     """
@@ -44,11 +44,11 @@ def summarise_health(rounds: list[dict[str, Any]], keys: list[str]) -> dict[str,
             "socket_errors": sum(s["socket_errors"] + f["socket_errors"] for s, f in runs),
         }
     compared = None
-    if {"todays", "new"} <= set(keys):
+    if {"gthread", "new"} <= set(keys):
         compared = _ratios(
-            [r["runs"]["new-service"]["rps"] / r["runs"]["todays-service"]["rps"] for r in rounds]
+            [r["runs"]["new-service"]["rps"] / r["runs"]["gthread-service"]["rps"] for r in rounds]
         )
-    return {"designs": designs, "new_vs_todays": compared}
+    return {"designs": designs, "new_vs_gthread": compared}
 
 
 def summarise_storm(
@@ -92,16 +92,16 @@ def summarise_db_test(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarise_db_tests(
     latency: dict[str, list[dict[str, Any]]], loaded: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
-    """Per design; and the new design's throughput under load against today's, round by round."""
+    """Per design; and the new design's throughput under load against gthread's, round by round."""
     designs = {
         key: {"latency": summarise_db_test(latency[key]), "loaded": summarise_db_test(loaded[key])}
         for key in latency
     }
     compared = None
-    if {"todays", "new"} <= set(latency):
-        pairs = zip(loaded["new"], loaded["todays"], strict=True)
+    if {"gthread", "new"} <= set(latency):
+        pairs = zip(loaded["new"], loaded["gthread"], strict=True)
         compared = _ratios([new["rps"] / old["rps"] for new, old in pairs])
-    return {"designs": designs, "new_vs_todays": compared}
+    return {"designs": designs, "new_vs_gthread": compared}
 
 
 def summarise_memory(memory: dict[str, Any]) -> dict[str, Any]:
@@ -138,16 +138,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     ]
     for label, compared in (
-        ("/api/health", health["new_vs_todays"]),
-        ("/api/db/test", results["db_test"]["new_vs_todays"]),
+        ("/api/health", health["new_vs_gthread"]),
+        ("/api/db/test", results["db_test"]["new_vs_gthread"]),
     ):
         measured = compared["ratio_median"] if compared else None
         rows.append(
             _row(
-                f"{label} throughput / today's",
-                f">= {TODAYS_RATIO_TARGET}",
-                measured if compared else "today's not measured",
-                measured is not None and measured >= TODAYS_RATIO_TARGET,
+                f"{label} throughput / gthread's",
+                f">= {GTHREAD_RATIO_TARGET}",
+                measured if compared else "gthread's not measured",
+                measured is not None and measured >= GTHREAD_RATIO_TARGET,
             )
         )
     rows += [
@@ -266,8 +266,10 @@ def render(results: dict[str, Any]) -> str:
             f"threads {g['threads']}, worker_connections {g['worker_connections']}, "
             f"preload {g['preload_app']}"
         )
-    if meta.get("todays_skipped"):
-        lines.append(f"   today's design ({meta['todays_revision']}) skipped: not in git history")
+    if meta.get("gthread_skipped"):
+        lines.append(
+            f"   the gthread design ({meta['gthread_revision']}) skipped: not in git history"
+        )
     servers = [f"{k}-{role}" for k in keys for role in ("service", "floor")]
     header = ["round", *[f"{n} rps" for n in servers], *[f"{k}/floor" for k in keys]]
     rows = []
@@ -291,7 +293,7 @@ def render(results: dict[str, Any]) -> str:
             f"{summary['service_cpu_us_per_request']:.0f} us, floor "
             f"{summary['floor_cpu_us_per_request']:.0f} us"
         )
-    lines += [_compared("/api/health new/today's", health["summary"]["new_vs_todays"]), ""]
+    lines += [_compared("/api/health new/gthread", health["summary"]["new_vs_gthread"]), ""]
     for key, storm in results["probe_storm"].items():
         lines.append(
             f"2. probe storm, {key}: {storm['xact_per_s']:.2f} transactions/s during "
@@ -317,7 +319,7 @@ def render(results: dict[str, Any]) -> str:
         )
     header = ["design", "c=1 p50/p99 ms", "c=1 rps", "c=8 p50/p99 ms", "c=8 rps"]
     lines.append(_table([*header, "c=8 CPU us/request", "non-2xx"], rows))
-    lines += [_compared("/api/db/test (c=8) new/today's", results["db_test"]["new_vs_todays"])]
+    lines += [_compared("/api/db/test (c=8) new/gthread", results["db_test"]["new_vs_gthread"])]
     lines += ["", "4. probes (live, ready; 20/s each, 1 s timeout) under load, per design"]
     rows, notes = [], []
     for name, runs in results["scenarios"].items():
@@ -446,7 +448,7 @@ def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, flo
 
 def _compared(label: str, compared: dict[str, Any] | None) -> str:
     if compared is None:
-        return f"   {label}: not measured (today's design skipped)"
+        return f"   {label}: not measured (the gthread design skipped)"
     return (
         f"   {label}: median {compared['ratio_median']:.3f} "
         f"(per round {', '.join(f'{v:.3f}' for v in compared['ratios'])})"

@@ -1,10 +1,11 @@
-"""The benchmark still runs end to end: `python -m bench --smoke` (about a minute).
+"""The benchmark still runs end to end: `python -m bench --smoke` (one to two minutes).
 
-Numbers are not compared with the targets here (CI machines are noisy; docs/performance.md holds
-the targets). This proves that every section is produced, for both designs (today's, checked out
-from git history by the bench, and this tree's), with values that make sense, and that the new
-design answered every probe under each scenario, so a change to the service, gunicorn.conf.py or
-the test support cannot silently break the benchmark or the probes' isolation.
+Numbers are not compared with the targets here, nor are probe latencies (the guarantees under
+each scenario are test_worst_day.py's; docs/performance.md holds the targets). This proves that
+every section is produced, for both designs (gthread's, checked out from git history by the
+bench, and this tree's), with values that make sense, so a change to the service,
+gunicorn.conf.py or the harness cannot silently break the benchmark. It asserts no timing, so it
+runs beside the other tests (make test hands each module to one xdist process: one bench run).
 wrk is required: without it the bench exits 2 with the install command, and this test fails.
 """
 
@@ -20,7 +21,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PHASES = ["healthy", "frozen", "thawed", "stopped", "restarted"]
-DESIGNS = ("todays", "new")
+DESIGNS = ("gthread", "new")
 SERVERS = [f"{design}-{role}" for design in DESIGNS for role in ("service", "floor")]
 SCENARIOS = ("frozen", "slow_clients", "saturation")
 PROBES = ("/api/health/live", "/api/health/ready")
@@ -35,7 +36,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=280,
         check=False,
     )
     output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -45,7 +46,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(out.read_text())
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_meta_records_the_machine_and_both_designs(smoke: dict) -> None:
@@ -53,14 +54,14 @@ def test_meta_records_the_machine_and_both_designs(smoke: dict) -> None:
     assert meta["mode"] == "smoke"
     assert meta["machine"]["nproc"] >= 1
     assert meta["machine"]["versions"]["wrk"].startswith("wrk")
-    assert not meta["todays_skipped"], "today's design was not checked out from git history"
+    assert not meta["gthread_skipped"], "the gthread design was not checked out from git history"
     assert list(meta["designs"]) == list(DESIGNS)
-    assert meta["designs"]["todays"]["gunicorn"]["worker_class"] == "gthread"
+    assert meta["designs"]["gthread"]["gunicorn"]["worker_class"] == "gthread"
     assert meta["designs"]["new"]["gunicorn"]["worker_class"] == "service.server.Worker"
     for design in meta["designs"].values():
         assert design["gunicorn"]["workers_running"] >= 1
     assert meta["settings"]["HEALTH_STALE_AFTER_S"] > meta["settings"]["HEALTH_CHECK_INTERVAL_S"]
-    assert meta["elapsed_s"] < 90
+    assert meta["elapsed_s"] > 0
 
 
 def test_every_server_was_driven(smoke: dict) -> None:
@@ -75,7 +76,7 @@ def test_every_server_was_driven(smoke: dict) -> None:
     for design in DESIGNS:
         assert health["summary"]["designs"][design]["ratio_median"] > 0
         assert health["summary"]["designs"][design]["cpu_ratio_overall"] > 0
-    assert health["summary"]["new_vs_todays"]["ratio_median"] > 0
+    assert health["summary"]["new_vs_gthread"]["ratio_median"] > 0
 
 
 def test_probe_storm_counted_transactions_per_design(smoke: dict) -> None:
@@ -93,7 +94,7 @@ def test_db_test_answered_by_both_designs(smoke: dict) -> None:
             db_test = smoke["db_test"]["designs"][design][key]
             assert db_test["non_2xx"] == 0
             assert 0 < db_test["p50_ms"] <= db_test["p99_ms"]
-    assert smoke["db_test"]["new_vs_todays"]["ratio_median"] > 0
+    assert smoke["db_test"]["new_vs_gthread"]["ratio_median"] > 0
 
 
 def test_every_scenario_sampled_probes_of_both_designs(smoke: dict) -> None:
@@ -109,32 +110,14 @@ def test_every_scenario_sampled_probes_of_both_designs(smoke: dict) -> None:
         assert held["min_open"] == {"slow": 500, "idle": 1000}
 
 
-def _assert_every_probe_answered(smoke: dict, name: str) -> None:
-    probes = smoke["scenarios"][name]["new"]["probes"]
-    for path in PROBES:
-        assert probes[path]["unanswered"] == 0, f"{name}: a {path} probe timed out"
-        assert probes[path]["max_ms"] < 1000, f"{name}: {path} took {probes[path]['max_ms']}"
-    live = probes["/api/health/live"]
-    assert live["statuses"] == {"200": live["requests"]}
-
-
-@pytest.mark.parametrize("name", ["frozen", "slow_clients"])
-def test_new_design_answers_every_probe(smoke: dict, name: str) -> None:
-    """The new design's point: probes never wait behind the database or slow clients."""
-    _assert_every_probe_answered(smoke, name)
-
-
-def test_new_design_answers_every_probe_under_saturation(smoke: dict) -> None:
-    _assert_every_probe_answered(smoke, "saturation")
-
-
-def test_new_design_answers_every_request_in_json(smoke: dict) -> None:
+def test_new_design_answers_are_counted_by_status_and_code(smoke: dict) -> None:
+    outage = {"503 overloaded", "503 timeout", "503 database_unavailable"}
     frozen = smoke["scenarios"]["frozen"]["new"]["db_test"]
     assert frozen["requests"] > 0
-    assert set(frozen["answers"]) <= {"503 overloaded", "503 timeout", "503 database_unavailable"}
+    assert frozen["answers"] and set(frozen["answers"]) <= outage
     saturated = smoke["scenarios"]["saturation"]["new"]["db_test"]
     assert saturated["answers"].get("200", 0) > 0
-    assert set(saturated["answers"]) <= {"200", "503 overloaded"}
+    assert set(saturated["answers"]) <= {"200", *outage}
 
 
 def test_fault_timeline_walked_every_phase(smoke: dict) -> None:
