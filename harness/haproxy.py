@@ -209,6 +209,7 @@ global
 defaults
     mode tcp
     log global
+    retries 0
     timeout connect 1s
     timeout client 1h
     timeout server 1h
