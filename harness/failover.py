@@ -30,6 +30,24 @@ from .traffic import LoadLoop, Outcome, ProbeSampler
 
 SHAPES = ("hang", "kill", "stop", "stale_address")
 PROXY_NAMES = ("a", "b")  # the TcpProxy's servers: the pair's clusters, in order
+# How a service reaches the pair: libpq's multi-host URL, SQLAlchemy's, one address (the proxy)
+# with the default target_session_attrs, and the same address with `any`.
+STYLES = ("libpq", "sqlalchemy", "proxy", "proxy_any")
+
+
+def database_urls(pair: ReplicationPair, proxy: TcpProxy, database: str) -> dict[str, str]:
+    """The DATABASE_URL of each style of STYLES, for `database` on the pair."""
+    first, second = (f"127.0.0.1:{cluster.port}" for cluster in pair.clusters)
+    through_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+    return {
+        "libpq": f"postgresql://postgres@{first},{second}/{database}",
+        "sqlalchemy": (
+            f"postgresql://postgres@/{database}?host={first}&host={second}"
+            "&target_session_attrs=read-write"
+        ),
+        "proxy": through_proxy,
+        "proxy_any": f"{through_proxy}?target_session_attrs=any",
+    }
 
 
 @dataclass(frozen=True)

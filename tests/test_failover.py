@@ -22,10 +22,12 @@ import pytest
 
 from harness.failover import (
     SHAPES,
+    STYLES,
     DrillResult,
     DrillTiming,
     all_ok_after,
     answers_by_status,
+    database_urls,
     first_ok_after,
     run_drill,
 )
@@ -51,22 +53,7 @@ READY_AGAIN_S = 3.0
 ANSWER_LIMIT_S = DB_DEADLINE_S + 0.5
 TIMING = DrillTiming(promote_after_s=2.0, observe_s=6.0, stale_hold_s=3.0, pause_s=0.2)
 
-STYLES = ("libpq", "sqlalchemy", "proxy", "proxy_any")
 DIRECT = ("libpq", "sqlalchemy")  # the URL lists both servers: the address never goes stale
-
-
-def database_urls(pair: ReplicationPair, proxy: TcpProxy, database: str) -> dict[str, str]:
-    first, second = (f"127.0.0.1:{cluster.port}" for cluster in pair.clusters)
-    through_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
-    return {
-        "libpq": f"postgresql://postgres@{first},{second}/{database}",
-        "sqlalchemy": (
-            f"postgresql://postgres@/{database}?host={first}&host={second}"
-            "&target_session_attrs=read-write"
-        ),
-        "proxy": through_proxy,
-        "proxy_any": f"{through_proxy}?target_session_attrs=any",
-    }
 
 
 @pytest.fixture(scope="module")
