@@ -51,7 +51,9 @@ FIRST_OK_S = 3.0  # a 200 within this of the recovery
 ALL_OK_S = 5.0  # every request 200 from this long after it
 READY_AGAIN_S = 3.0
 ANSWER_LIMIT_S = DB_DEADLINE_S + 0.5
-TIMING = DrillTiming(promote_after_s=2.0, observe_s=6.0, stale_hold_s=3.0, pause_s=0.2)
+TIMING = DrillTiming(
+    promote_after_s=2.0, observe_s=5.5, stale_hold_s=2.5, pause_s=0.2, settle_s=0.5
+)
 
 DIRECT = ("libpq", "sqlalchemy")  # the URL lists both servers: the address never goes stale
 
@@ -223,7 +225,7 @@ def test_a_multi_host_url_never_meets_the_demoted_old_primary(
 
 @pytest.mark.parametrize("shape", ["hang", "stale_address"])
 def test_no_connection_is_left_on_the_old_primary(drill: DrillResult, shape: str) -> None:
-    """Counted on the old primary (thawed, or serving as a standby) at the end of the shape, 6 s
+    """Counted on the old primary (thawed, or serving as a standby) at the end of the shape, 5.5 s
     after the recovery: a stopped or killed server holds none by construction."""
     assert drill.runs[shape].old_primary_sessions == 0
 
