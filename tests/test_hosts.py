@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from harness.pgbouncer import PgBouncer
+from harness.processes import free_port
 from harness.service import (
     ADMIN_URL,
     AppFactory,
@@ -183,6 +184,19 @@ def test_the_whole_connect_stays_within_the_request_deadline(
     assert response.get_json()["error"]["code"] == "timeout"
     seconds, _ = timed_get(app.test_client(), "/api/db/test")
     assert 0.45 <= seconds < 0.9
+
+
+def test_every_host_failing_answers_with_the_last_hosts_error(
+    make_app: AppFactory, silent: SilentHost
+) -> None:
+    """A silent host, then one that refuses: the refusal is the answer, as libpq's last word."""
+    refusing = free_port()
+    url = f"postgresql://app@127.0.0.1:{silent.port},127.0.0.1:{refusing}/app"
+    app = make_app(DATABASE_URL=url, DB_HOST_CONNECT_TIMEOUT_S="0.2", DB_POOL="null")
+    response = app.test_client().get("/api/db/test")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert len(silent.accepted) == 1
 
 
 def test_one_host_keeps_the_whole_connect_timeout(make_app: AppFactory, silent: SilentHost) -> None:
