@@ -328,6 +328,23 @@ def test_a_write_refused_as_read_only_is_503_and_empties_the_pool(
     assert not pids & fresh, "a connection to the read-only server was used again"
 
 
+def test_a_statement_error_is_not_a_disconnect_the_pool_is_kept(make_app: AppFactory) -> None:
+    """Only 25006 is added to the disconnects: a failing query must not empty the pool."""
+    app = make_app(DB_POOL_SIZE="3")
+    with app.app_context():
+        held = [db.engine.connect() for _ in range(3)]
+        pids = {connection.scalar(text("SELECT pg_backend_pid()")) for connection in held}
+        with pytest.raises(sqlalchemy.exc.DataError):
+            held[0].execute(text("SELECT 1 / 0"))
+        for connection in held:
+            connection.close()
+        again = [db.engine.connect() for _ in range(3)]
+        reused = {connection.scalar(text("SELECT pg_backend_pid()")) for connection in again}
+        for connection in again:
+            connection.close()
+    assert reused == pids
+
+
 def test_classify_names_a_read_only_server_apart_from_other_outages() -> None:
     refused = database.ReadOnlyServer("session is read-only")
     assert database.classify(refused) == "database_read_only"
