@@ -66,7 +66,8 @@ class DrillTiming:
 
 @dataclass(frozen=True)
 class ShapeRun:
-    """One shape: when the fault began, when the service could recover, when the shape ended.
+    """One shape: when the fault took effect (the primary gone, or the address switched), when
+    the service could recover, when the shape ended.
 
     `old_primary_sessions`: the services' sessions on the old primary at the end of the shape
     (`observe_s` after recovery); None when it was down.
@@ -160,8 +161,8 @@ def _failover(
 ) -> ShapeRun:
     old = pair.primary
     fault = {"stop": lambda: old.stop("fast"), "kill": old.crash, "hang": old.freeze}[shape]
+    fault()  # returns once the primary is gone (stopped, killed, frozen): the fault's moment
     fault_at = time.monotonic()
-    fault()
     _sleep_until(fault_at + timing.promote_after_s)
     pair.promote()
     proxy.switch(_proxy_name(pair, pair.primary))

@@ -111,9 +111,11 @@ def describe(result: DrillResult) -> str:
             during = result.during(outcomes, shape)
             first = first_ok_after(during, run.recovered_at)
             settled = all_ok_after(during, run.recovered_at, run.ended_at)
+            ready = answers_by_status(result.during(result.ready[style], shape))
             lines.append(
                 f"{shape:>13} {style:>10}: first 200 {first}, all 200 {settled}, "
-                f"{answers_by_status(during)}, sessions left {run.old_primary_sessions}"
+                f"{answers_by_status(during)}, ready {ready}, "
+                f"sessions left {run.old_primary_sessions}"
             )
     return "\n".join(lines)
 
@@ -208,6 +210,26 @@ def test_the_stale_address_is_refused_as_read_only_never_a_500(
     wrong = [o for o in probes if o.status != 503]
     assert not wrong, show(wrong)
     assert {tuple(o.document["notes"]) for o in probes} == {("database_read_only",)}
+
+
+@pytest.mark.parametrize("shape", ["kill", "stop"])
+@pytest.mark.parametrize("style", DIRECT)
+def test_with_only_the_standby_left_readiness_fails_before_the_promotion(
+    drill: DrillResult, shape: str, style: str
+) -> None:
+    """The primary gone, the URL's other host a standby until its promotion 2 s later: readiness
+    fails (the check on the dead connection, then the reconnect that meets only the standby),
+    before staleness would have failed it, says why, and stays failed until the promotion."""
+    run = drill.runs[shape]
+    promoted = run.fault_at + TIMING.promote_after_s
+    probes = [o for o in drill.ready[style] if run.fault_at <= o.sent and o.done < promoted]
+    refused = [o for o in probes if (o.document or {}).get("notes") == ["database_read_only"]]
+    assert refused, show(probes, limit=30)
+    first = min(o.sent for o in refused)
+    assert first - run.fault_at < 2 * CHECK_INTERVAL_S + CHECK_TIMEOUT_S + 0.5, show(probes, 30)
+    after = [o for o in probes if o.sent >= first]
+    assert {o.status for o in after} == {503}, show(after, limit=30)
+    assert all(o.status == 503 for o in refused)
 
 
 @pytest.mark.parametrize("style", DIRECT)
