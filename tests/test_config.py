@@ -64,6 +64,11 @@ def test_production_needs_its_secrets_and_postgresql(tmp_path):
         ("DB_MAX_OVERFLOW", "-1", "DB_MAX_OVERFLOW: -1 is below the minimum 0"),
         ("DB_POOL_TIMEOUT_S", "soon", "DB_POOL_TIMEOUT_S: 'soon' is not a number"),
         ("DB_CONNECT_TIMEOUT_S", "-2", "DB_CONNECT_TIMEOUT_S: -2 is below the minimum 0.1"),
+        (
+            "DB_HOST_CONNECT_TIMEOUT_S",
+            "0.01",
+            "DB_HOST_CONNECT_TIMEOUT_S: 0.01 is below the minimum 0.05",
+        ),
         ("DB_STATEMENT_TIMEOUT_MS", "2.5", "DB_STATEMENT_TIMEOUT_MS: '2.5' is not a whole number"),
         ("DB_LOCK_TIMEOUT_MS", "-5", "DB_LOCK_TIMEOUT_MS: -5 is below the minimum 0"),
         ("DB_DEADLINE_S", "nan", "DB_DEADLINE_S: 'nan' is not a finite number"),
