@@ -66,8 +66,9 @@ class DrillTiming:
 
 @dataclass(frozen=True)
 class ShapeRun:
-    """One shape: when the fault took effect (the primary gone, or the address switched), when
-    the service could recover, when the shape ended.
+    """One shape: when the fault was injected, when it had taken effect (the primary gone, or
+    the address switched; the promotion is timed from then), when the service could recover,
+    when the shape ended.
 
     `old_primary_sessions`: the services' sessions on the old primary at the end of the shape
     (`observe_s` after recovery); None when it was down.
@@ -75,6 +76,7 @@ class ShapeRun:
 
     shape: str
     fault_at: float
+    effective_at: float
     recovered_at: float
     ended_at: float
     old_primary_sessions: int | None
@@ -161,9 +163,10 @@ def _failover(
 ) -> ShapeRun:
     old = pair.primary
     fault = {"stop": lambda: old.stop("fast"), "kill": old.crash, "hang": old.freeze}[shape]
-    fault()  # returns once the primary is gone (stopped, killed, frozen): the fault's moment
     fault_at = time.monotonic()
-    _sleep_until(fault_at + timing.promote_after_s)
+    fault()  # returns once the primary is gone: stopped, killed, or every process frozen
+    effective_at = time.monotonic()
+    _sleep_until(effective_at + timing.promote_after_s)
     pair.promote()
     proxy.switch(_proxy_name(pair, pair.primary))
     recovered_at = time.monotonic()
@@ -174,7 +177,7 @@ def _failover(
         old.thaw()
         sessions = service_sessions(old, application)
     pair.reseed(old)
-    return ShapeRun(shape, fault_at, recovered_at, ended_at, sessions)
+    return ShapeRun(shape, fault_at, effective_at, recovered_at, ended_at, sessions)
 
 
 def _stale_address(
@@ -189,7 +192,7 @@ def _stale_address(
     _sleep_until(recovered_at + timing.observe_s)
     ended_at = time.monotonic()
     sessions = service_sessions(demoted, application)
-    return ShapeRun("stale_address", fault_at, recovered_at, ended_at, sessions)
+    return ShapeRun("stale_address", fault_at, fault_at, recovered_at, ended_at, sessions)
 
 
 def service_sessions(cluster: TemporaryCluster, application: str, settle_s: float = 1.0) -> int:

@@ -221,12 +221,13 @@ def test_with_only_the_standby_left_readiness_fails_before_the_promotion(
     fails (the check on the dead connection, then the reconnect that meets only the standby),
     before staleness would have failed it, says why, and stays failed until the promotion."""
     run = drill.runs[shape]
-    promoted = run.fault_at + TIMING.promote_after_s
-    probes = [o for o in drill.ready[style] if run.fault_at <= o.sent and o.done < promoted]
+    promoted = run.effective_at + TIMING.promote_after_s
+    probes = [o for o in drill.ready[style] if run.effective_at <= o.sent and o.done < promoted]
     refused = [o for o in probes if (o.document or {}).get("notes") == ["database_read_only"]]
     assert refused, show(probes, limit=30)
     first = min(o.sent for o in refused)
-    assert first - run.fault_at < 2 * CHECK_INTERVAL_S + CHECK_TIMEOUT_S + 0.5, show(probes, 30)
+    limit = 2 * CHECK_INTERVAL_S + CHECK_TIMEOUT_S + 0.5
+    assert first - run.effective_at < limit, show(probes, 30)
     after = [o for o in probes if o.sent >= first]
     assert {o.status for o in after} == {503}, show(after, limit=30)
     assert all(o.status == 503 for o in refused)
