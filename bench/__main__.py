@@ -1,5 +1,5 @@
 """`python -m bench [--smoke] [--duration S] [--rounds N] [--out FILE] [--plot FILE] [--profile]
-[--gthread REV]`.
+[--gthread REV] [--failover | --failover-only]`.
 
 Runs every measurement of docs/performance.md against servers and a database it starts itself,
 for two designs side by side (gthread, checked out from git history, and this tree's; see
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cluster as db
-from bench import designs, faults, machine, plot, profile, report, scenarios
+from bench import designs, failover, faults, machine, plot, profile, report, scenarios
 from bench.designs import Design
 from bench.load import WrkMissing, WrkResult, run_wrk, wrk_path
 from bench.servers import (
@@ -101,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     except (WrkMissing, RuntimeError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
+    if args.failover_only:
+        return _failover_only(plan, out)
     results = run(
         plan, out.with_suffix(""), profile_storm=args.profile, gthread_revision=args.gthread
     )
+    if plan.mode == "full" or args.failover:  # recovery per failover shape (issue 17)
+        timing = failover.FULL if plan.mode == "full" else failover.SMOKE
+        results["failover"] = failover.run(timing, secrets.token_hex(16), log=_say)
     out.parent.mkdir(parents=True, exist_ok=True)
     results["meta"]["plot"] = str(
         plot.plot_timeline(results["fault_timeline"], results["meta"]["settings"], plot_path)
@@ -112,7 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["designs_plot"] = str(plot.plot_scenarios(results["scenarios"], designs_plot))
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(report.render(results))
+    if "failover" in results:
+        print(failover.render(results["failover"]))
     print(f"\nresults: {out}\nplots:   {plot_path}, {designs_plot}")
+    return 0
+
+
+def _failover_only(plan: Plan, out: Path) -> int:
+    """Only the failover drill: its section of the report and its JSON."""
+    timing = failover.FULL if plan.mode == "full" else failover.SMOKE
+    results = {"failover": failover.run(timing, secrets.token_hex(16), log=_say)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(failover.render(results["failover"]))
+    print(f"\nresults: {out}")
     return 0
 
 
@@ -380,6 +398,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plot file (default: docs/performance.png for a full run, beside --out for smoke)",
     )
     parser.add_argument("--profile", action="store_true", help="add a py-spy profiled storm")
+    parser.add_argument(
+        "--failover", action="store_true", help="add the failover drill to a smoke run"
+    )
+    parser.add_argument(
+        "--failover-only", action="store_true", help="run only the failover drill (about 5 min)"
+    )
     parser.add_argument(
         "--gthread",
         default=designs.GTHREAD_REVISION,

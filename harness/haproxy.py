@@ -31,6 +31,8 @@ class HAProxy(StartedResource):
     the ones of issue 10 (`GET /api/health/ready`, 1 s, 2, 1).
     """
 
+    backend = "service"
+
     def __init__(
         self,
         servers: Mapping[str, int],
@@ -148,7 +150,7 @@ backend service
         return {
             row["svname"]: row["status"]
             for row in self.stats()
-            if row["pxname"] == "service" and row["svname"] in self.servers
+            if row["pxname"] == self.backend and row["svname"] in self.servers
         }
 
     def wait_status(self, server: str, status: str, timeout: float) -> None:
@@ -177,3 +179,56 @@ backend service
             self.stop()
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class TcpProxy(HAProxy):
+    """HAProxy in `mode tcp` sending every connection to one server of `servers` at a time.
+
+    It stands in for a DNS name or a virtual IP in front of a primary and its standby: `switch`
+    moves the address to another server and ends the sessions of the others, as Patroni's
+    HAProxy does once its `/primary` check marks the old leader down.
+    """
+
+    backend = "database"
+
+    def __init__(self, servers: Mapping[str, int], active: str, *, port: int | None = None) -> None:
+        super().__init__(servers, port=port)
+        self.active = active
+
+    def config_text(self) -> str:
+        servers = "\n".join(
+            f"    server {name} {HOST}:{port}" + ("" if name == self.active else " disabled")
+            for name, port in self.servers.items()
+        )
+        return f"""\
+global
+    maxconn 4096
+    stats socket {self.socket_path} mode 600 level admin
+    log stdout format raw local0 info
+
+defaults
+    mode tcp
+    log global
+    retries 0
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+
+frontend database
+    bind {HOST}:{self.port}
+    default_backend database
+
+backend database
+{servers}
+"""
+
+    def switch(self, name: str, *, end_sessions: bool = True) -> None:
+        """Send new connections to `name`; end every session with the others, as a moved VIP
+        does (`end_sessions=False`: they stay where they are, as after a DNS flip)."""
+        self.command(f"set server {self.backend}/{name} state ready")
+        for other in self.servers:
+            if other != name:
+                self.command(f"set server {self.backend}/{other} state maint")
+                if end_sessions:
+                    self.command(f"shutdown sessions server {self.backend}/{other}")
+        self.active = name

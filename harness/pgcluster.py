@@ -246,7 +246,7 @@ class TemporaryCluster(StartedResource):
             lines = _read_lines(self.data_dir / "postmaster.pid")
             if len(lines) < 8 or lines[0].strip() != str(server.pid):
                 return False
-            if lines[7].strip() != "ready":
+            if lines[7].strip() not in ("ready", "standby"):  # a hot standby accepts reads
                 return False
             with contextlib.closing(self.connect(connect_timeout=2)) as conn, conn.cursor() as cur:
                 cur.execute("SHOW data_directory")
@@ -286,6 +286,13 @@ class TemporaryCluster(StartedResource):
         self._server.terminate(STOP_SIGNALS[mode], timeout=timeout)
         self._server = None
         self.timings["stop"] = time.monotonic() - started
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every backend at once, as a machine that dies would."""
+        if self._server is None:
+            return
+        self._server.kill()
+        self._server = None
 
     def restart(self, mode: str = "fast") -> Self:
         """Stop and start again on the same port; data is kept."""

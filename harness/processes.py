@@ -82,9 +82,9 @@ def wait_for(
         time.sleep(interval)
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``, found by scanning /proc (works across sessions and users)."""
-    result = []
+def _parents() -> dict[int, int]:
+    """Every process's parent, from one scan of /proc (works across sessions and users)."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -94,17 +94,27 @@ def children_of(pid: int) -> list[int]:
             continue  # process vanished meanwhile
         # Field 2 (comm) may contain spaces/parens: parse after the last ')'.
         fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            result.append(int(entry))
-    return result
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, found by scanning /proc."""
+    return [child for child, parent in _parents().items() if parent == pid]
 
 
 def descendants_of(pid: int) -> list[int]:
-    """All descendants of ``pid`` (children first-level first), via /proc."""
+    """All descendants of ``pid`` (children first-level first), from one scan of /proc.
+
+    One scan, not one per process: on a busy machine with many processes a scan per level
+    took seconds, long enough to delay a fault a test injects.
+    """
+    parents = _parents()
     found: list[int] = []
     queue = [pid]
     while queue:
-        kids = children_of(queue.pop(0))
+        parent = queue.pop(0)
+        kids = [child for child, of in parents.items() if of == parent]
         found.extend(kids)
         queue.extend(kids)
     return found

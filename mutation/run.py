@@ -60,6 +60,9 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
             "tests/test_health_checker.py::test_a_missing_schema_is_an_answer_not_an_outage",
             "tests/test_health_checker.py::test_a_dropped_connection_warns_once_then_recovers_with_a_new_one",
             "tests/test_health_checker.py::test_an_unusable_sqlite_file_is_a_database_error_not_a_missing_schema",
+            "tests/test_hosts.py",  # several hosts, read-only servers (not its gunicorn test)
+            "-m",
+            "not serial",
         ),
         90,
     ),
@@ -68,7 +71,15 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
         ("tests/test_config.py", "-k", "not stops_the"),
         60,
     ),
-    "health/checker": Module("service/health/checker.py", ("tests/test_health_checker.py",), 60),
+    "health/checker": Module(
+        "service/health/checker.py",
+        (
+            "tests/test_health_checker.py",
+            "tests/test_hosts.py::test_a_read_only_server_fails_readiness_at_once_with_a_reason",
+            "tests/test_hosts.py::test_a_session_that_turns_out_read_only_fails_the_check_and_is_dropped",
+        ),
+        60,
+    ),
     "health": Module(
         "service/health/__init__.py",  # the probe responder: routes, methods, headers, metrics
         (
@@ -84,7 +95,15 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
         ("tests/test_health_verdict.py",),
         60,
     ),
-    "deadlines": Module("service/deadlines.py", ("tests/test_deadlines.py",), 60),
+    "deadlines": Module(
+        "service/deadlines.py",
+        (
+            "tests/test_deadlines.py",
+            "tests/test_hosts.py::test_no_time_left_means_no_host_is_tried",
+            "tests/test_hosts.py::test_the_whole_connect_stays_within_db_connect_timeout",
+        ),
+        60,
+    ),
     "health/monitor": Module(
         "service/health/monitor.py",
         ("tests/test_health_checker.py", "tests/test_security.py"),

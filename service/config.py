@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 import types
 import typing
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
@@ -76,6 +78,9 @@ class Settings:
     db_pool_timeout_s: float = setting(1.0, "longest wait for a pooled connection")
     db_pool_recycle_s: int = setting(1800, "replace connections older than this")
     db_connect_timeout_s: float = setting(2.0, "connecting, enforced client-side", minimum=0.1)
+    db_host_connect_timeout_s: float = setting(
+        1.0, "with several hosts in DATABASE_URL: longest attempt on one", minimum=0.05
+    )
     db_statement_timeout_ms: int = setting(2000, "server-side limit of a statement")
     db_lock_timeout_ms: int = setting(1000, "server-side limit of a lock wait")
     db_deadline_s: float = setting(2.0, "client-side bound of /api/db/test", minimum=0.1)
@@ -128,7 +133,9 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line or a response (for the log redactor)."""
         urls = (self.database_url, self.migration_database_url)
-        values = {url.password for url in urls if url} | {self.ops_token, self.secret_key}
+        passwords = {url.password for url in urls if url}
+        passwords |= {url.query.get("password") for url in urls if url}
+        values = passwords | {self.ops_token, self.secret_key}
         return tuple(sorted(str(v) for v in values if v))
 
 
@@ -150,8 +157,13 @@ def process_settings() -> Settings:
 
 
 def mask_url(url: URL) -> str:
-    """The URL as text with its password replaced by `***`: the only way a URL is shown."""
-    return url.render_as_string(hide_password=True)
+    """The URL as text with its password replaced by `***`: the only way a URL is shown.
+
+    A `password` query parameter is masked too; `host=` entries are shown as typed (`h1:5432`).
+    """
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return unquote(url.render_as_string(hide_password=True))
 
 
 def load_settings(
@@ -255,11 +267,23 @@ def _parse(name: str, text: str, kind: Any, declared: Field[Any]) -> Any:
     return number
 
 
+# libpq's multi-host address: scheme://[user[:password]@]host1[:port1],host2[:port2]/...
+_MULTI_HOST = re.compile(r"(?P<scheme>[^:/?#]+)://(?P<netloc>[^/?#]*,[^/?#]*)(?P<rest>[/?].*)?")
+# One `host=` entry: a name or an IPv4 address, or an IPv6 one in brackets; then maybe a port.
+_HOST_ENTRY = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:/,]+)(?::(?P<port>[^:]*))?")
+# target_session_attrs: those that lead to a server the service can write to, and those that don't.
+WRITABLE_SESSION_ATTRS = ("read-write", "primary", "any")
+READ_ONLY_SESSION_ATTRS = ("read-only", "standby", "prefer-standby")
+
+
 def parse_database_url(name: str, raw: str) -> URL:
     """Parse a database URL and pin PostgreSQL to the psycopg2 driver.
 
-    The raw value is never echoed in an error: it may hold a password.
+    libpq's multi-host form (`postgresql://u@h1:5432,h2:5432/db`) becomes SQLAlchemy's
+    (`postgresql://u@/db?host=h1:5432&host=h2:5432`). The raw value is never echoed in an error:
+    it may hold a password.
     """
+    raw = _hosts_to_query(name, raw)
     try:
         url = make_url(raw)
         port = url.port  # a non-numeric port only fails when read
@@ -273,7 +297,54 @@ def parse_database_url(name: str, raw: str) -> URL:
             raise ConfigError(f"{name}: driver '{driver}' is not supported, use postgresql://")
         if not url.database:
             raise ConfigError(f"{name}: the URL names no database")
+        _check_hosts(name, url)
+        _check_session_attrs(name, url)
         return url.set(drivername="postgresql+psycopg2")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         return url
     raise ConfigError(f"{name}: scheme '{backend}' is not supported, use postgresql://")
+
+
+def _hosts_to_query(name: str, raw: str) -> str:
+    """libpq's `h1:p1,h2:p2` address as SQLAlchemy's `?host=h1:p1&host=h2:p2`; else unchanged."""
+    match = _MULTI_HOST.fullmatch(raw)
+    if match is None:
+        return raw
+    userinfo, at, hosts = match["netloc"].rpartition("@")
+    if "" in hosts.split(","):
+        raise ConfigError(f"{name}: an empty host in the list of hosts")
+    path, _, query = (match["rest"] or "").partition("?")
+    entries = "&".join(f"host={entry}" for entry in hosts.split(","))
+    query = f"{query}&{entries}" if query else entries
+    return f"{match['scheme']}://{userinfo}{at}{path or '/'}?{query}"
+
+
+def _check_hosts(name: str, url: URL) -> None:
+    """Every `host=` entry names a host and, if any, a port in range; hosts given once."""
+    entries = url.query.get("host", ())
+    if isinstance(entries, str):
+        entries = (entries,)
+    if entries and (url.host or url.port):
+        raise ConfigError(f"{name}: give the hosts either before the database or as ?host=")
+    for entry in entries:
+        match = _HOST_ENTRY.fullmatch(entry)
+        if match is None:
+            raise ConfigError(f"{name}: host '{entry}' is not host or host:port")
+        port = match["port"]
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"{name}: port '{port}' of host '{match['host']}' is not 1-65535")
+
+
+def _check_session_attrs(name: str, url: URL) -> None:
+    """target_session_attrs, if given, must lead to a server the service can write to."""
+    attrs = url.query.get("target_session_attrs")
+    if attrs is None or attrs in WRITABLE_SESSION_ATTRS:
+        return
+    if attrs in READ_ONLY_SESSION_ATTRS:
+        raise ConfigError(
+            f"{name}: target_session_attrs={attrs} leads to a read-only server and the service "
+            f"writes; use {', '.join(WRITABLE_SESSION_ATTRS)} (default read-write)"
+        )
+    raise ConfigError(
+        f"{name}: target_session_attrs '{attrs}' is not one of {', '.join(WRITABLE_SESSION_ATTRS)}"
+    )

@@ -5,6 +5,7 @@ Why a client-side bound at all, and why a wait callback: docs/architecture.md, "
 
 from __future__ import annotations
 
+import math
 import select
 import time
 from collections.abc import Iterator
@@ -32,6 +33,12 @@ def deadline(seconds: float) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def time_left() -> float:
+    """Seconds left before the current deadline (negative once past); infinite outside one."""
+    limit = _deadline.get()
+    return math.inf if limit is None else limit - time.monotonic()
 
 
 def install() -> None:

@@ -12,10 +12,18 @@ import re
 import sys
 
 import pytest
+from sqlalchemy import create_engine
 
 from harness.readme import README, readme_table, settings_table
 from harness.service import PROJECT_ROOT, run_command, run_flask
-from service.config import ConfigError, Settings, load_settings, process_settings, variables
+from service.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    mask_url,
+    process_settings,
+    variables,
+)
 
 PASSWORD = "s3cret-Passw0rd"
 PG = "postgresql://app@db.internal:5432/app"
@@ -75,6 +83,11 @@ def test_production_needs_its_secrets_and_postgresql(tmp_path):
         ("DB_MAX_OVERFLOW", "-1", "DB_MAX_OVERFLOW: -1 is below the minimum 0"),
         ("DB_POOL_TIMEOUT_S", "soon", "DB_POOL_TIMEOUT_S: 'soon' is not a number"),
         ("DB_CONNECT_TIMEOUT_S", "-2", "DB_CONNECT_TIMEOUT_S: -2 is below the minimum 0.1"),
+        (
+            "DB_HOST_CONNECT_TIMEOUT_S",
+            "0.01",
+            "DB_HOST_CONNECT_TIMEOUT_S: 0.01 is below the minimum 0.05",
+        ),
         ("DB_STATEMENT_TIMEOUT_MS", "2.5", "DB_STATEMENT_TIMEOUT_MS: '2.5' is not a whole number"),
         ("DB_LOCK_TIMEOUT_MS", "-5", "DB_LOCK_TIMEOUT_MS: -5 is below the minimum 0"),
         ("DB_DEADLINE_S", "nan", "DB_DEADLINE_S: 'nan' is not a finite number"),
@@ -110,8 +123,84 @@ def test_a_malformed_url_never_echoes_its_password(tmp_path, url):
     assert PASSWORD not in str(caught.value)
 
 
+MULTI_HOST = {
+    "libpq": f"postgresql://app:{PASSWORD}@db-a:5432,db-b:6543/app?target_session_attrs=primary",
+    "sqlalchemy": (
+        f"postgresql://app:{PASSWORD}@/app?host=db-a:5432&host=db-b:6543&target_session_attrs=primary"
+    ),
+}
+
+
+@pytest.mark.parametrize("form", MULTI_HOST)
+def test_both_multi_host_forms_reach_libpq_alike_and_are_shown_masked(tmp_path, form):
+    url = settings(tmp_path, DATABASE_URL=MULTI_HOST[form]).database_url
+    assert create_engine(url).dialect.create_connect_args(url)[1] == {
+        "dbname": "app",
+        "user": "app",
+        "password": PASSWORD,
+        "host": "db-a,db-b",
+        "port": "5432,6543",
+        "target_session_attrs": "primary",
+    }
+    shown = mask_url(url)
+    assert PASSWORD not in shown
+    assert shown.startswith("postgresql+psycopg2://app:***@/app?")
+    assert "host=db-a:5432&host=db-b:6543" in shown
+
+
+def test_hosts_without_ports_and_ipv6_hosts_are_accepted(tmp_path):
+    url = settings(tmp_path, DATABASE_URL="postgresql://app@db-a,[::1]:6543/app").database_url
+    assert url.query["host"] == ("db-a", "[::1]:6543")
+    assert url.host is None and url.database == "app"
+
+
+def test_a_password_given_as_a_query_parameter_is_masked_and_redacted(tmp_path):
+    loaded = settings(tmp_path, DATABASE_URL=f"postgresql://app@db/app?password={PASSWORD}")
+    assert PASSWORD not in loaded.masked_database_url
+    assert PASSWORD in loaded.secrets
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://app@a:5432,b:0/app", "DATABASE_URL: port '0' of host 'b' is not 1-65535"),
+        ("postgresql://app@a:5432,b:65536/app", "DATABASE_URL: port '65536' of host 'b'"),
+        ("postgresql://app@a:x,b/app", "DATABASE_URL: port 'x' of host 'a' is not 1-65535"),
+        ("postgresql://app@/app?host=a:1&host=b:", "DATABASE_URL: port '' of host 'b'"),
+        ("postgresql://app@a,,b/app", "DATABASE_URL: an empty host in the list of hosts"),
+        ("postgresql://app@/app?host=[::1&host=b", "DATABASE_URL: host '[::1' is not host"),
+        ("postgresql://app@c/app?host=a&host=b", "DATABASE_URL: give the hosts either before"),
+        ("postgresql://app@a,b/app?target_session_attrs=standby", "DATABASE_URL: target_sess"),
+        ("postgresql://app@a/app?target_session_attrs=read-only", "DATABASE_URL: target_sess"),
+        ("postgresql://app@a,b/app?target_session_attrs=often", "DATABASE_URL: target_sess"),
+        ("postgresql://app@a,b", "DATABASE_URL: the URL names no database"),
+    ],
+)
+def test_a_bad_multi_host_url_is_one_line_naming_what_is_wrong(tmp_path, url, message):
+    with pytest.raises(ConfigError) as caught:
+        settings(tmp_path, DATABASE_URL=url.replace("app@", f"app:{PASSWORD}@"))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("attrs", ["read-write", "primary", "any"])
+def test_the_writable_target_session_attrs_are_accepted(tmp_path, attrs):
+    url = f"postgresql://app@a,b/app?target_session_attrs={attrs}"
+    assert settings(tmp_path, DATABASE_URL=url).database_url.query["target_session_attrs"] == attrs
+
+
+def test_a_read_only_target_is_refused_with_what_to_use_instead(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        settings(tmp_path, DATABASE_URL="postgresql://app@a/app?target_session_attrs=standby")
+    assert str(caught.value) == (
+        "DATABASE_URL: target_session_attrs=standby leads to a read-only server and the service "
+        "writes; use read-write, primary, any (default read-write)"
+    )
+
+
 BAD_START = [
     ({"APP_ENV": "staging"}, "APP_ENV: 'staging' is not one of"),
+    ({"DATABASE_URL": f"postgresql://app:{PASSWORD}@a:5432,b:0/app"}, "DATABASE_URL: port '0'"),
     ({"DATABASE_URL": f"postgresql://app:{PASSWORD}@db:port/app"}, "DATABASE_URL: not a valid"),
     ({"DB_POOL_SIZE": "-3"}, "DB_POOL_SIZE: -3 is below the minimum 1"),
     ({"APP_ENV": "production"}, "DATABASE_URL: required in production"),

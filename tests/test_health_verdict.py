@@ -107,6 +107,16 @@ def test_failed_check_without_failure_code_still_names_a_reason() -> None:
     assert verdict == Verdict("warn", ("database_unavailable",))
 
 
+def test_a_read_only_server_fails_at_once_not_after_staleness() -> None:
+    """Only a standby answered: readiness must fail now, while the last answer is still fresh."""
+    latest = failed(failure="database_read_only")
+    verdict = assess(snapshot(latest, last_answer=observation(age_s=0.2)), NOW, SCHEMA, SETTINGS)
+    assert verdict == Verdict("fail", ("database_read_only",))
+    assert verdict.http_status == 503
+    draining = assess(snapshot(latest), NOW, SCHEMA, SETTINGS, draining=True)
+    assert draining == Verdict("fail", ("draining",))
+
+
 @pytest.mark.parametrize("failure", ["timeout", "database_unavailable"])
 def test_answer_older_than_stale_after_fails_with_the_latest_failure(failure: str) -> None:
     stale = observation(age_s=SETTINGS.health_stale_after_s + 0.01)

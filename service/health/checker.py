@@ -13,7 +13,14 @@ from typing import Any
 import sqlalchemy
 
 from service.config import Settings
-from service.database import classify, connect_args, first_line, is_missing_table
+from service.database import (
+    ReadOnlyServer,
+    classify,
+    connect,
+    connect_args,
+    first_line,
+    is_missing_table,
+)
 from service.deadlines import deadline
 from service.logs import Redactor
 
@@ -43,8 +50,16 @@ class Snapshot:
     last_answer: Observation | None  # the latest observation in which the database answered
 
 
+# One round trip: the revision, and whether this server can take writes (a standby cannot).
+POSTGRESQL_QUERY = (
+    "SELECT (SELECT version_num FROM alembic_version), pg_is_in_recovery(),"
+    " current_setting('transaction_read_only') = 'on'"
+)
+SQLITE_QUERY = "SELECT (SELECT version_num FROM alembic_version), 0, 0"
+
+
 class DatabaseProbe:
-    """Reads the migration revision on a plain DBAPI connection of its own (see architecture)."""
+    """Reads the migration revision, on a writable server, on a DBAPI connection of its own."""
 
     def __init__(self, settings: Settings, pool_in_use: Callable[[], int], capacity: int | None):
         self._settings = settings
@@ -57,6 +72,7 @@ class DatabaseProbe:
         args, kwargs = self._dialect.create_connect_args(url)
         self._args = args
         self._kwargs = {**kwargs, **connect_args(settings, url, "health")}
+        self._query = POSTGRESQL_QUERY if settings.is_postgresql else SQLITE_QUERY
 
     def __call__(self) -> Observation:
         started = time.monotonic()
@@ -95,17 +111,27 @@ class DatabaseProbe:
                 connection.close()
 
     def _query_revision(self) -> str | None:
+        """The revision; ReadOnlyServer when the server cannot take writes (then reconnect)."""
         if self._connection is None:
-            self._connection = self._dialect.connect(*self._args, **self._kwargs)
-            if hasattr(self._connection, "autocommit"):  # psycopg2: no BEGIN, one round trip
-                self._connection.autocommit = True
+            self._connection = self._connect()
         cursor = self._connection.cursor()
         try:
-            cursor.execute("SELECT version_num FROM alembic_version")
-            row = cursor.fetchone()
+            cursor.execute(self._query)
+            revision, in_recovery, read_only = cursor.fetchone()
         finally:
             cursor.close()
-        return row[0] if row else None
+        if in_recovery:
+            raise ReadOnlyServer("the server is a standby (in recovery), not the primary")
+        if read_only:
+            raise ReadOnlyServer("the server's sessions are read-only, not writable")
+        return revision
+
+    def _connect(self) -> Any:
+        if not self._settings.is_postgresql:
+            return self._dialect.connect(*self._args, **self._kwargs)
+        connection = connect(self._dialect.connect, self._settings, self._args, self._kwargs)
+        connection.autocommit = True  # no BEGIN: one round trip per check
+        return connection
 
 
 class HealthChecker:

@@ -12,6 +12,7 @@ from service.schema import SchemaVersions
 
 MEDIA_TYPE = "application/health+json"
 SCHEMA_FAILURES = {"missing": "schema_missing", "behind": "schema_outdated"}
+READ_ONLY = "database_read_only"  # fails at once: waiting for staleness would serve writes to it
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ def assess(
 ) -> Verdict:
     """Judge readiness from the checker's snapshot at monotonic time `now`.
 
-    fail: the process is draining before it stops, no answer from the database for
+    fail: the process is draining before it stops, the latest check reached only a read-only
+    server (a standby: no writable primary), no answer from the database for
     HEALTH_STALE_AFTER_S, or the schema is missing or behind this code's head.
     warn: it answers, but the last check failed (tolerated until stale), it is slower than
     HEALTH_WARN_LATENCY_MS, the pool is nearly exhausted, or the schema is ahead of this code
@@ -45,6 +47,8 @@ def assess(
     if snapshot is None:
         return Verdict("fail", ("starting",))
     latest, answer = snapshot.latest, snapshot.last_answer
+    if latest.failure == READ_ONLY:
+        return Verdict("fail", (READ_ONLY,))
     if answer is None or now - answer.monotonic_at > settings.health_stale_after_s:
         return Verdict("fail", (latest.failure or "stale",))
     schema_state = schema.state(answer.revision)
