@@ -1,0 +1,104 @@
+"""Better Auth's credentials as a request presents them: the signed cookie, a bearer, a JWT.
+
+Only parsing and signature checks live here (no I/O): what Better Auth 1.7 and better-call do,
+summarised in docs/auth.md. Nothing here ever puts a credential's value in an error or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote
+
+from werkzeug.datastructures import Headers
+from werkzeug.http import parse_cookie
+
+from service.config import Settings
+
+SIGNATURE_LENGTH = 44  # standard base64 of an HMAC-SHA256, with its padding
+MAX_VALUE_LENGTH = 4096  # far above any credential Better Auth issues; checked before any work
+# Better Auth's tokens are 32 letters and digits; any visible ASCII is accepted, nothing else
+# (it keeps NUL and other bytes PostgreSQL's text refuses out of the query).
+SESSION_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
+
+Kind = Literal["cookie", "bearer", "jwt"]
+
+
+class Refused(Exception):
+    """The credential presented is not acceptable; the message names why, never the value."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What the caller presented: a session token (cookie, bearer) or a JWT, still unverified
+    against the database or the keys."""
+
+    kind: Kind
+    value: str
+
+
+def unsign(signed: str, secret: str) -> str:
+    """The session token of `token.base64(HMAC-SHA256(secret, token))`, as better-call signs it.
+
+    Percent-decoded only when it holds a `%` (a `+` stays a `+`); the signature is compared in
+    constant time. Raises Refused.
+    """
+    if len(signed) > MAX_VALUE_LENGTH:
+        raise Refused("signed value too long")
+    if "%" in signed:
+        try:
+            signed = unquote(signed, errors="strict")
+        except UnicodeDecodeError:
+            raise Refused("signed value is not valid percent-encoded UTF-8") from None
+    token, dot, signature = signed.rpartition(".")
+    if not dot or not token:
+        raise Refused("signed value has no token before a dot")
+    if len(signature) != SIGNATURE_LENGTH or not signature.endswith("="):
+        raise Refused("signature is not 44 characters of padded base64")
+    if not SESSION_TOKEN.fullmatch(token):
+        raise Refused("session token has characters a token never has")
+    try:
+        mac = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused("signature is not base64") from None
+    expected = hmac.new(secret.encode(), token.encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, expected):
+        raise Refused("signature does not verify with the current secret")
+    return token
+
+
+def presented(headers: Headers, settings: Settings) -> Credential:
+    """The credential of a request: its Authorization header if it has one, else the cookie.
+
+    An Authorization header decides alone: a bad one is refused, not skipped for the cookie.
+    Raises Refused when there is none or it is malformed.
+    """
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        return _bearer(authorization, settings)
+    # The first cookie of that name wins, as in better-call (werkzeug does not percent-decode).
+    cookie = parse_cookie(headers.get("Cookie", "")).get(settings.better_auth_cookie_name)
+    if cookie is None:
+        raise Refused("no session cookie and no Authorization header")
+    return Credential("cookie", unsign(cookie, settings.better_auth_signing_secret))
+
+
+def _bearer(authorization: str, settings: Settings) -> Credential:
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Refused("Authorization is not a Bearer credential")
+    value = value.strip()
+    if len(value) > MAX_VALUE_LENGTH:
+        raise Refused("bearer too long")
+    if value.count(".") == 2:  # header.payload.signature; a signed token has one dot
+        return Credential("jwt", value)
+    if "." in value:
+        return Credential("bearer", unsign(value, settings.better_auth_signing_secret))
+    if settings.better_auth_allow_unsigned_bearer and SESSION_TOKEN.fullmatch(value):
+        return Credential("bearer", value)
+    raise Refused("bearer is neither signed nor a JWT (unsigned ones are not allowed)")
