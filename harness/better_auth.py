@@ -8,21 +8,28 @@ bearer token (`set-auth-token`) and the JWT (`/api/auth/token`).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
 import shutil
+import string
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import quote
 
+import psycopg2
 import requests
 
 from harness.processes import ServerProcess, StartedResource, free_port, wait_for
 
 HARNESS_DIR = Path(__file__).resolve().parent.parent / "tests" / "better_auth"
 TIMEOUT_S = 10.0
-PASSWORD = "a-password-of-the-tests"  # noqa: S105 - the users exist only in a test database
+PASSWORD = "a-password-of-the-tests"  # the users exist only in a test database
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,59 @@ class Credentials:
     cookie: str  # `name=value`, exactly as Set-Cookie gave it
     bearer: str  # the set-auth-token header
     user_id: str
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A user and a session row written as Better Auth writes them."""
+
+    user_id: str
+    session_id: str
+    token: str
+
+
+def sign(token: str, secret: str) -> str:
+    """The cookie value better-call's signCookieValue makes: `token.base64(HMAC)`, then
+    encodeURIComponent (checked against its golden vector and the real server in the tests)."""
+    mac = hmac.new(secret.encode(), token.encode(), hashlib.sha256).digest()
+    return quote(f"{token}.{base64.b64encode(mac).decode()}", safe="")
+
+
+def new_token() -> str:
+    """32 letters and digits, the shape of Better Auth's ids and session tokens."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+def store_session(database_url: str, expires_in: timedelta = timedelta(days=7)) -> StoredSession:
+    """Insert a new user and one session of it (`expires_in` may be negative: already expired)."""
+    stored = StoredSession(new_token(), new_token(), new_token())
+    now = datetime.now(UTC)
+    connection = psycopg2.connect(database_url, connect_timeout=5)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(
+                'INSERT INTO "user" (id, name, email, "emailVerified") VALUES (%s, %s, %s, true)',
+                (stored.user_id, "Stored User", f"{stored.user_id.lower()}@example.test"),
+            )
+            cursor.execute(
+                'INSERT INTO session (id, "expiresAt", token, "updatedAt", "userId")'
+                " VALUES (%s, %s, %s, %s, %s)",
+                (stored.session_id, now + expires_in, stored.token, now, stored.user_id),
+            )
+    finally:
+        connection.close()
+    return stored
+
+
+def delete_user(database_url: str, user_id: str) -> None:
+    """Delete a user; its sessions and accounts go with it (on delete cascade)."""
+    connection = psycopg2.connect(database_url, connect_timeout=5)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute('DELETE FROM "user" WHERE id = %s', (user_id,))
+    finally:
+        connection.close()
 
 
 class BetterAuthServer(StartedResource):

@@ -125,6 +125,9 @@ class Settings:
         None, "comma-separated origins trusted besides BETTER_AUTH_URL's, as trustedOrigins"
     )
     better_auth_allow_unsigned_bearer: bool = setting(False, "accept a bearer without signature")
+    better_auth_jwks_refetch_s: float = setting(
+        5.0, "least time between two reads of jwks for an unknown kid"
+    )
     # After loading, database_url and migration_database_url are never None.
     # Derived at load time, not read from the environment
     database_is_default: bool = field(default=False, metadata={"derived": True})

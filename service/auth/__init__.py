@@ -49,7 +49,8 @@ class UntrustedOrigin(Forbidden):
 
 @bp.record_once
 def _add_key_set(state: BlueprintSetupState) -> None:
-    state.app.extensions["auth_keys"] = KeySet()
+    settings: Settings = state.app.config["SETTINGS"]
+    state.app.extensions["auth_keys"] = KeySet(settings.better_auth_jwks_refetch_s)
 
 
 def identify() -> Caller:

@@ -73,18 +73,23 @@ def unsign(signed: str, secret: str) -> str:
 
 
 def presented(headers: Headers, settings: Settings) -> Credential:
-    """The credential of a request: its Authorization header if it has one, else the cookie.
+    """The credential of a request, chosen as Better Auth chooses it.
 
-    An Authorization header decides alone: a bad one is refused, not skipped for the cookie.
-    Raises Refused when there is none or it is malformed.
+    A Bearer that is a JWT, or a signed token whose signature verifies, is the credential; any
+    other Authorization is passed over for the session cookie, as the bearer plugin does. Raises
+    Refused when nothing acceptable is left.
     """
     authorization = headers.get("Authorization")
+    bearer_refused: Refused | None = None
     if authorization is not None:
-        return _bearer(authorization, settings)
+        try:
+            return _bearer(authorization, settings)
+        except Refused as refusal:
+            bearer_refused = refusal
     # The first cookie of that name wins, as in better-call (werkzeug does not percent-decode).
     cookie = parse_cookie(headers.get("Cookie", "")).get(settings.better_auth_cookie_name)
     if cookie is None:
-        raise Refused("no session cookie and no Authorization header")
+        raise bearer_refused or Refused("no session cookie and no Authorization header")
     return Credential("cookie", unsign(cookie, settings.better_auth_signing_secret))
 
 

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALGORITHM = "EdDSA"  # the jwt plugin's default when a key's alg is unset
 GRACE_PERIOD = timedelta(days=30)  # the plugin's jwks.gracePeriod: expired keys still verify
-REFETCH_INTERVAL_S = 5.0
 REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 
 
@@ -35,7 +34,7 @@ class KeySet:
 
     def __init__(
         self,
-        refetch_interval_s: float = REFETCH_INTERVAL_S,
+        refetch_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.refetch_interval_s = refetch_interval_s
