@@ -16,7 +16,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from werkzeug.datastructures import Headers
-from werkzeug.http import parse_cookie
+from werkzeug.sansio.http import parse_cookie
 
 from service.config import Settings
 
@@ -87,6 +87,8 @@ def presented(headers: Headers, settings: Settings) -> Credential:
         except Refused as refusal:
             bearer_refused = refusal
     # The first cookie of that name wins, as in better-call (werkzeug does not percent-decode).
+    # The header as WSGI gives it (latin-1): werkzeug.http's parse_cookie would decode it as
+    # UTF-8 and raise on other bytes; a token with such characters is refused below anyway.
     cookie = parse_cookie(headers.get("Cookie", "")).get(settings.better_auth_cookie_name)
     if cookie is None:
         raise bearer_refused or Refused("no session cookie and no Authorization header")

@@ -48,11 +48,11 @@ class KeySet:
         """The key of `kid`, reading the table again if it is unknown and the interval allows."""
         if kid in self._keys:
             return self._keys[kid]
-        with self._lock:
+        with self._lock:  # a miss that waited here finds the kid the fetch before it brought
             if kid not in self._keys and self._may_fetch():
+                self._keys = _read_keys(database)  # an outage raises: not a fetch, try again
                 self._fetched_at = self._clock()
                 self.fetches += 1
-                self._keys = _read_keys(database)
         return self._keys.get(kid)
 
     def _may_fetch(self) -> bool:
