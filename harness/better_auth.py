@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
+import jwt
 import psycopg2
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.processes import ServerProcess, StartedResource, free_port, wait_for
 
@@ -92,6 +94,37 @@ def delete_user(database_url: str, user_id: str) -> None:
             cursor.execute('DELETE FROM "user" WHERE id = %s', (user_id,))
     finally:
         connection.close()
+
+
+class SigningKey:
+    """An Ed25519 key stored in `jwks` as the jwt plugin stores it, and JWTs signed with it."""
+
+    def __init__(self, database_url: str, issuer: str, expires_at: datetime | None = None) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        self.kid = new_token()
+        self.issuer = issuer
+        public = jwt.algorithms.OKPAlgorithm.to_jwk(self.private.public_key())
+        connection = psycopg2.connect(database_url, connect_timeout=5)
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(
+                    'INSERT INTO jwks (id, "publicKey", "privateKey", "createdAt", "expiresAt")'
+                    " VALUES (%s, %s, 'encrypted', now(), %s)",
+                    (self.kid, public, expires_at),
+                )
+        finally:
+            connection.close()
+
+    def token(self, **overrides: Any) -> str:
+        """The plugin's claims for a user `user-1`; an override of `...` removes the claim."""
+        now = int(datetime.now(UTC).timestamp())
+        claims = {
+            "sub": "user-1", "id": "user-1", "name": "Jay", "email": "jay@example.test",
+            "emailVerified": True, "image": None, "iat": now, "exp": now + 900,
+            "iss": self.issuer, "aud": self.issuer,
+        }  # fmt: skip
+        claims = {k: v for k, v in {**claims, **overrides}.items() if v is not ...}
+        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": self.kid})
 
 
 class BetterAuthServer(StartedResource):

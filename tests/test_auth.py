@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, text
 
-from harness.better_auth import StoredSession, delete_user, sign, store_session
+from harness.better_auth import SigningKey, StoredSession, delete_user, sign, store_session
 from service.auth import current_caller, requires_caller
 from service.auth.credentials import Refused, unsign
 from service.auth.jwks import KeySet
@@ -423,34 +423,12 @@ def test_cookie_writes_need_a_trusted_origin_and_bearers_do_not(make_app, stored
 # ------------------------------------------------------------------ JWTs
 
 
-class KeyPair:
-    """An Ed25519 key stored in `jwks` as the jwt plugin stores it, and JWTs signed with it."""
-
-    def __init__(self, database_url: str, expires_at: datetime | None = None) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        self.kid = f"kid-{time.monotonic_ns()}"
-        public = jwt.algorithms.OKPAlgorithm.to_jwk(self.private.public_key())
-        run_sql(
-            database_url,
-            'INSERT INTO jwks (id, "publicKey", "privateKey", "createdAt", "expiresAt")'
-            " VALUES (%s, %s, 'encrypted', now(), %s)",
-            (self.kid, public, expires_at),
-        )
-
-    def token(self, **overrides) -> str:
-        now = int(time.time())
-        claims = {
-            "sub": "user-1", "id": "user-1", "name": "Jay", "email": "jay@example.test",
-            "emailVerified": True, "image": None, "iat": now, "exp": now + 900,
-            "iss": AUTH_URL, "aud": AUTH_URL,
-        }  # fmt: skip
-        claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not ...}
-        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+def signing_key(database_url: str, expires_at: datetime | None = None) -> SigningKey:
+    return SigningKey(database_url, AUTH_URL, expires_at)
 
 
 def test_a_jwt_of_the_jwt_plugin_answers_its_user_without_a_session(client, database_url) -> None:
-    key = KeyPair(database_url)
+    key = signing_key(database_url)
     response = client.get("/api/me", headers={"Authorization": f"Bearer {key.token()}"})
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json() == {
@@ -474,8 +452,8 @@ def forge(header: dict, claims: dict, signer) -> str:
 
 
 def test_every_wrong_jwt_is_a_json_401(client, database_url) -> None:
-    key = KeyPair(database_url)
-    old = KeyPair(database_url, expires_at=datetime.now(UTC) - timedelta(days=31))
+    key = signing_key(database_url)
+    old = signing_key(database_url, expires_at=datetime.now(UTC) - timedelta(days=31))
     good = key.token()
     claims = jwt.decode(good, options={"verify_signature": False})
     header, payload, signature = good.split(".")
@@ -514,14 +492,14 @@ def test_an_unknown_kid_reads_the_keys_again_at_most_once_per_interval(
 ) -> None:
     now = [0.0]
     keys = KeySet(refetch_interval_s=5, clock=lambda: now[0])
-    first = KeyPair(database_url)
+    first = signing_key(database_url)
     with auth_app.app_context():
         assert keys.key(first.kid, db.session) is not None and keys.fetches == 1
         assert keys.key(first.kid, db.session) is not None and keys.fetches == 1  # known
         for _ in range(3):  # a flood of forged kids within the interval: no more reads
             assert keys.key("forged", db.session) is None
         assert keys.fetches == 1
-        second = KeyPair(database_url)  # Better Auth rotated its key
+        second = signing_key(database_url)  # Better Auth rotated its key
         now[0] = 4.9
         assert keys.key(second.kid, db.session) is None and keys.fetches == 1
         now[0] = 5.0

@@ -7,7 +7,9 @@
 // One process serves every instance, each on its own 127.0.0.1 port, all on the one database
 // (migrated by `flask db upgrade` only), with the bearer and jwt plugins. Each instance differs
 // only in its base URL (http or https: the cookie's `__Secure-` prefix, the JWT's iss and aud)
-// and its secret(s). Prints one JSON line {"listening": {name: port}} once all listen; Better
+// and its secret(s); `"jwt": false` leaves the jwt plugin out of an instance (its keys, in the
+// shared jwks table, are encrypted with the secret of whichever instance made them, so an
+// instance with other secrets could not sign with them). Prints one JSON line {"listening": {name: port}} once all listen; Better
 // Auth's own log lines go to stderr. Ends on SIGTERM or SIGINT.
 import { createServer } from "node:http";
 import { betterAuth } from "better-auth";
@@ -18,14 +20,14 @@ import pg from "pg";
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 8 });
 const instances = JSON.parse(process.env.INSTANCES);
 
-function serve({ port, baseURL, secret, secrets }) {
+function serve({ port, baseURL, secret, secrets, jwt: withJwt = true }) {
   const auth = betterAuth({
     database: pool,
     baseURL,
     secret,
     secrets,
     emailAndPassword: { enabled: true },
-    plugins: [bearer(), jwt()],
+    plugins: withJwt ? [bearer(), jwt()] : [bearer()],
     telemetry: { enabled: false },
     rateLimit: { enabled: false },
     logger: { level: "warn", log: (level, message) => console.error(`[better-auth ${level}] ${message}`) },
