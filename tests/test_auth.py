@@ -506,3 +506,27 @@ def test_an_unknown_kid_reads_the_keys_again_at_most_once_per_interval(
         assert keys.key(second.kid, db.session) is not None and keys.fetches == 2
         assert keys.key(first.kid, db.session) is not None and keys.fetches == 2
         db.session.rollback()
+
+
+def test_no_credential_or_secret_reaches_a_log_line_or_an_answer(
+    make_app, database_url, capsys
+) -> None:
+    app = make_app(BETTER_AUTH_URL=AUTH_URL, BETTER_AUTH_SECRET=SECRET, LOG_LEVEL="DEBUG")
+    client = app.test_client(use_cookies=False)
+    stored = store_session(database_url)
+    key = signing_key(database_url)
+    wrong = sign(stored.token, "another-secret-0123456789abcdef0123")
+    sent = {
+        "cookie": {"Cookie": f"{COOKIE}={sign(stored.token, SECRET)}"},
+        "wrong cookie": {"Cookie": f"{COOKIE}={wrong}"},
+        "bearer": {"Authorization": f"Bearer {sign(stored.token, SECRET)}"},
+        "raw bearer": {"Authorization": f"Bearer {stored.token}"},
+        "jwt": {"Authorization": f"Bearer {key.token()}"},
+        "expired jwt": {"Authorization": f"Bearer {key.token(exp=1)}"},
+    }
+    bodies = "".join(client.get("/api/me", headers=h).get_data(as_text=True) for h in sent.values())
+    output = capsys.readouterr()
+    logged = output.out + output.err
+    assert "caller refused" in logged  # the reasons are logged, at DEBUG
+    for secret in (stored.token, wrong.split(".")[1], key.token().split(".")[2], SECRET):
+        assert secret not in logged and secret not in bodies
