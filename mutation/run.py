@@ -62,9 +62,20 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
     ),
     "config": Module(
         "service/config.py",
-        ("tests/test_settings_boundaries.py", "tests/test_config.py", "-k", "not stops_the"),
+        (
+            "tests/test_settings_boundaries.py",
+            "tests/test_config.py",
+            "tests/test_auth_settings.py",
+            "-k",
+            "not stops_the",
+        ),
         60,
     ),
+    "auth/credentials": Module("service/auth/credentials.py", ("tests/test_auth.py",), 90),
+    "auth/jwks": Module("service/auth/jwks.py", ("tests/test_auth.py",), 90),
+    "auth": Module("service/auth/__init__.py", ("tests/test_auth.py",), 90),
+    "auth/sessions": Module("service/auth/sessions.py", ("tests/test_auth.py",), 90),
+    "auth/caller": Module("service/auth/caller.py", ("tests/test_auth.py",), 90),
     "health/checker": Module("service/health/checker.py", ("tests/test_health_checker.py",), 60),
     "health": Module(
         "service/health/__init__.py",  # the probe responder: routes, methods, headers, metrics

@@ -26,6 +26,7 @@ DEFAULT_SQLITE_NAME = "service.sqlite3"
 BETTER_AUTH_DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # noqa: S105
 MIN_BETTER_AUTH_SECRET_LENGTH = 32
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]+$")  # an RFC 6265 cookie-name token
+_VERSION = re.compile(r"[0-9]+")  # a secret's version in BETTER_AUTH_SECRETS
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -152,16 +153,14 @@ class Settings:
         urls = (self.database_url, self.migration_database_url)
         values = {url.password for url in urls if url} | {self.ops_token, self.secret_key}
         values |= {self.better_auth_secret, self.better_auth_secrets}
-        values |= {secret for _, secret in parse_better_auth_secrets(self.better_auth_secrets)}
+        values |= set(parse_better_auth_secrets(self.better_auth_secrets))
         return tuple(sorted(str(v) for v in values if v))
 
     @cached_property
     def better_auth_signing_secret(self) -> str:
         """The secret signed cookies and bearer tokens are checked with: the current one only."""
         rotated = parse_better_auth_secrets(self.better_auth_secrets)
-        if rotated:
-            return rotated[0][1]
-        return self.better_auth_secret or BETTER_AUTH_DEVELOPMENT_SECRET
+        return rotated[0] if rotated else self.better_auth_secret or BETTER_AUTH_DEVELOPMENT_SECRET
 
     @cached_property
     def better_auth_cookie_name(self) -> str:
@@ -265,8 +264,8 @@ def _resolve_better_auth(settings: Settings) -> Settings:
         parse_origin("BETTER_AUTH_TRUSTED_ORIGINS", origin)
     if not _COOKIE_NAME.match(settings.better_auth_cookie_prefix):
         raise ConfigError("BETTER_AUTH_COOKIE_PREFIX: not a valid cookie name")
-    rotated = parse_better_auth_secrets(settings.better_auth_secrets, validate=True)
-    configured = [("BETTER_AUTH_SECRETS", secret) for _, secret in rotated]
+    rotated = parse_better_auth_secrets(settings.better_auth_secrets)
+    configured = [("BETTER_AUTH_SECRETS", secret) for secret in rotated]
     if settings.better_auth_secret is not None:
         configured.append(("BETTER_AUTH_SECRET", settings.better_auth_secret))
     if url is None:
@@ -290,29 +289,27 @@ def _resolve_better_auth(settings: Settings) -> Settings:
     return settings
 
 
-def parse_better_auth_secrets(raw: str | None, *, validate: bool = False) -> list[tuple[int, str]]:
-    """`2:new,1:old` as Better Auth reads BETTER_AUTH_SECRETS: [(2, "new"), (1, "old")].
+def parse_better_auth_secrets(raw: str | None) -> list[str]:
+    """`2:new,1:old` as Better Auth reads BETTER_AUTH_SECRETS: ["new", "old"], the current first.
 
-    With `validate`, a malformed entry raises ConfigError naming its position, never its value.
+    Raises ConfigError naming a malformed entry's position, never its value.
     """
-    if not raw:
-        return []
-    parsed: list[tuple[int, str]] = []
-    for position, entry in enumerate(raw.split(","), start=1):
-        version, colon, secret = entry.strip().partition(":")
-        version, secret = version.strip(), secret.strip()
-        if validate:
-            where = f"BETTER_AUTH_SECRETS: entry {position}"
-            if not colon:
-                raise ConfigError(f"{where} is not <version>:<secret>")
-            if not version.isdigit():
-                raise ConfigError(f"{where}: the version must be a non-negative whole number")
-            if not secret:
-                raise ConfigError(f"{where}: the secret is empty")
-            if int(version) in {v for v, _ in parsed}:
-                raise ConfigError(f"{where}: version {int(version)} appears twice")
-        parsed.append((int(version) if version.isdigit() else -1, secret))
-    return parsed
+    found: list[str] = []
+    versions: set[int] = set()
+    for position, entry in enumerate(raw.split(",") if raw else [], start=1):
+        version, colon, secret = (part.strip() for part in entry.partition(":"))
+        where = f"BETTER_AUTH_SECRETS: entry {position}"
+        if not colon:
+            raise ConfigError(f"{where} is not <version>:<secret>")
+        if not _VERSION.fullmatch(version):
+            raise ConfigError(f"{where}: the version must be a non-negative whole number")
+        if not secret:
+            raise ConfigError(f"{where}: the secret is empty")
+        if int(version) in versions:
+            raise ConfigError(f"{where}: version {int(version)} appears twice")
+        versions.add(int(version))
+        found.append(secret)
+    return found
 
 
 def parse_origin(name: str, raw: str) -> str:

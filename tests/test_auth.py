@@ -453,7 +453,7 @@ def forge(header: dict, claims: dict, signer) -> str:
 
 def test_every_wrong_jwt_is_a_json_401(client, database_url) -> None:
     key = signing_key(database_url)
-    old = signing_key(database_url, expires_at=datetime.now(UTC) - timedelta(days=31))
+    old = signing_key(database_url, expires_at=datetime.now(UTC) - timedelta(days=30, hours=1))
     good = key.token()
     claims = jwt.decode(good, options={"verify_signature": False})
     header, payload, signature = good.split(".")
@@ -490,7 +490,7 @@ def test_every_wrong_jwt_is_a_json_401(client, database_url) -> None:
 def test_an_unknown_kid_reads_the_keys_again_at_most_once_per_interval(
     auth_app, database_url
 ) -> None:
-    now = [0.0]
+    now = [100.0]
     keys = KeySet(refetch_interval_s=5, clock=lambda: now[0])
     first = signing_key(database_url)
     with auth_app.app_context():
@@ -500,9 +500,9 @@ def test_an_unknown_kid_reads_the_keys_again_at_most_once_per_interval(
             assert keys.key("forged", db.session) is None
         assert keys.fetches == 1
         second = signing_key(database_url)  # Better Auth rotated its key
-        now[0] = 4.9
+        now[0] = 104.9
         assert keys.key(second.kid, db.session) is None and keys.fetches == 1
-        now[0] = 5.0
+        now[0] = 105.0
         assert keys.key(second.kid, db.session) is not None and keys.fetches == 2
         assert keys.key(first.kid, db.session) is not None and keys.fetches == 2
         db.session.rollback()
@@ -530,3 +530,45 @@ def test_no_credential_or_secret_reaches_a_log_line_or_an_answer(
     assert "caller refused" in logged  # the reasons are logged, at DEBUG
     for secret in (stored.token, wrong.split(".")[1], key.token().split(".")[2], SECRET):
         assert secret not in logged and secret not in bodies
+
+
+def test_an_expired_key_verifies_through_the_grace_period_and_a_broken_row_is_skipped(
+    client, database_url
+) -> None:
+    """Better Auth's 30 days of jwks.gracePeriod; a row that is no key costs no caller a 500."""
+    run_sql(
+        database_url,
+        'INSERT INTO jwks (id, "publicKey", "privateKey", "createdAt") VALUES'
+        " ('broken-json', 'not json', 'x', now()),"
+        " ('broken-jwk', '{\"kty\": \"OKP\"}', 'x', now())",
+    )
+    recent = signing_key(database_url, expires_at=datetime.now(UTC) - timedelta(days=29))
+    for token in (recent.token(), signing_key(database_url).token()):
+        assert (
+            client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        )
+
+
+def test_the_sqlite_development_default_verifies_sessions_too(make_app, tmp_path) -> None:
+    """SQLite gives naive timestamps: they are UTC, and compared as such."""
+    from service.models import Session, User
+
+    app = make_app(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
+        BETTER_AUTH_URL=AUTH_URL,
+        BETTER_AUTH_SECRET=SECRET,
+    )
+    with app.app_context():
+        db.create_all()
+        user = User(name="Dev", email="dev@example.test")
+        now = datetime.now(UTC)
+        db.session.add_all([
+            Session(token="live-token", expires_at=now + timedelta(hours=1), user=user),
+            Session(token="past-token", expires_at=now - timedelta(seconds=1), user=user),
+        ])  # fmt: skip
+        db.session.commit()
+    client = app.test_client(use_cookies=False)  # Cookie headers as sent
+    assert (
+        client.get("/api/me", headers=cookie_of("live-token")).get_json()["user"]["name"] == "Dev"
+    )
+    assert_unauthenticated(client.get("/api/me", headers=cookie_of("past-token")))

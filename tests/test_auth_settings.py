@@ -79,6 +79,7 @@ def test_secrets_in_better_auths_format_or_a_line_naming_the_entry() -> None:
         ("2:new,old", "entry 2 is not <version>:<secret>"),
         ("x:new", "entry 1: the version must be a non-negative whole number"),
         ("-1:new", "entry 1: the version must be a non-negative whole number"),
+        ("\u00b2:new", "entry 1: the version must be a non-negative whole number"),
         ("2:new,1: ", "entry 2: the secret is empty"),
         ("1:new,1:old", "entry 2: version 1 appears twice"),
     ):

@@ -24,7 +24,6 @@ from service.models import Jwks
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALGORITHM = "EdDSA"  # the jwt plugin's default when a key's alg is unset
 GRACE_PERIOD = timedelta(days=30)  # the plugin's jwks.gracePeriod: expired keys still verify
 REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 
@@ -66,7 +65,8 @@ def _read_keys(database: DatabaseSession) -> dict[str, jwt.PyJWK]:
     keys = {}
     for kid, public_key, alg in rows:
         try:
-            keys[kid] = jwt.PyJWK(json.loads(public_key), algorithm=alg or DEFAULT_ALGORITHM)
+            # Without an alg, PyJWK takes the key type's (Ed25519: EdDSA, the plugin's default).
+            keys[kid] = jwt.PyJWK(json.loads(public_key), algorithm=alg)
         except (ValueError, TypeError, jwt.PyJWTError):
             log.warning("jwks: key %s is not a usable public key; skipped", kid)
     return keys
