@@ -106,33 +106,37 @@ def plus_token() -> tuple[str, str]:
 
 
 def named_cases() -> dict[str, str]:
-    """Malformed signed values, each refused; `{token}` is a live session's token."""
+    """Malformed signed values, each refused: `{token}` is a live session's token and
+    `{signature}` its right signature (percent-encoded), so each case is one flaw away from
+    valid."""
     token, signature = plus_token()
-    good = sign("{token}", SECRET).split(".")[1]
     return {
         "wrong signature": "{token}." + sign("x" * 32, SECRET).split(".")[1],
         "wrong secret": sign("{token}", "another-secret-0123456789abcdef0123"),
         "no dot": "{token}",
-        "a dot first": "." + good,
+        "no dot, signature glued on": "{token}{signature}",
+        "a dot first": ".{signature}",
         "only a dot": ".",
         "empty": "",
         "bad base64": "{token}." + "!" * 43 + "=",
+        "a character outside base64 in the signature": "{token}.!{signature}",
         "44 characters without =": "{token}." + "A" * 44,
         "43 characters with =": "{token}." + "A" * 42 + "=",
-        "overlong": "{token}." + good + "A" * 9000,
-        "overlong token": "a" * 9000 + "." + good,
-        "non-ASCII": "{token}é." + good,
+        "overlong": "{token}.{signature}" + "A" * 9000,
+        "overlong token": "a" * 9000 + ".{signature}",
+        "non-ASCII": "{token}é.{signature}",
         "non-ASCII signature": "{token}." + "é" * 43 + "=",
-        "bad percent-encoding": "{token}.%FF" + good[3:],
+        "bad percent-encoding": "{token}.%FF{signature}",
         "a plus as a space": f"{token}." + signature.replace("+", " "),
-        "NUL": "{token}\x00." + good,
+        "NUL": "{token}\x00.{signature}",
     }
 
 
 @pytest.mark.parametrize("case", list(named_cases()))
 def test_every_malformed_cookie_is_a_json_401(client, stored, case) -> None:
     assert client.get("/api/me", headers=cookie_of(stored.token)).status_code == 200  # control
-    value = named_cases()[case].replace("{token}", stored.token)
+    signature = sign(stored.token, SECRET).split(".")[1]
+    value = named_cases()[case].replace("{token}", stored.token).replace("{signature}", signature)
     assert_unauthenticated(client.get("/api/me", headers={"Cookie": f"{COOKIE}={value}"}))
     assert_unauthenticated(client.get("/api/me", headers={"Authorization": f"Bearer {value}"}))
 
