@@ -396,7 +396,13 @@ def test_cookie_writes_need_a_trusted_origin_and_bearers_do_not(make_app, stored
     def write():
         return jsonify(user=current_caller().user.id)
 
+    @app.put("/test/other")
+    @requires_caller  # a second guarded view: each keeps its own endpoint name
+    def other():
+        return jsonify(user=current_caller().user.id)
+
     client = app.test_client(use_cookies=False)  # Cookie headers as sent
+    assert client.put("/test/other", headers={**cookie_of(stored.token), "Origin": AUTH_URL}).json
     cookie = cookie_of(stored.token)
     for headers in (
         {},
