@@ -95,7 +95,7 @@ def test_a_secret_without_the_url_is_refused() -> None:
 
 def test_production_refuses_no_secret_the_public_default_and_a_short_one() -> None:
     assert refused(**PRODUCTION).startswith("BETTER_AUTH_SECRET: required in production")
-    public = refused(**PRODUCTION, BETTER_AUTH_SECRET=BETTER_AUTH_DEVELOPMENT_SECRET)
+    public = refused(**PRODUCTION, BETTER_AUTH_SECRET=f" {BETTER_AUTH_DEVELOPMENT_SECRET} ")
     assert public == "BETTER_AUTH_SECRET: Better Auth's public default secret, not in production"
     short = refused(**PRODUCTION, BETTER_AUTH_SECRET="s" * 31)
     assert short.startswith("BETTER_AUTH_SECRET: too short for production, use at least 32")
