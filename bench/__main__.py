@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import auth as who_is_calling
 from bench import cluster as db
 from bench import designs, failover, faults, machine, plot, profile, report, scenarios
 from bench.designs import Design
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["designs_plot"] = str(plot.plot_scenarios(results["scenarios"], designs_plot))
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(report.render(results))
+    print(who_is_calling.render(results["who_is_calling"]))
     if "failover" in results:
         print(failover.render(results["failover"]))
     print(f"\nresults: {out}\nplots:   {plot_path}, {designs_plot}")
@@ -166,8 +168,9 @@ def _run(plan: Plan, chosen: list[Design], artefacts: Path, profile_storm: bool)
         _say(f"PostgreSQL {db.server_version(cluster)} on port {cluster.port}")
         base, envs = db.clean_environment(), {}
         for design in chosen:
-            envs[design.key] = service_environment(
-                base, db.create_database(cluster, design.key), ops_token
+            envs[design.key] = (
+                service_environment(base, db.create_database(cluster, design.key), ops_token)
+                | who_is_calling.environment()
             )
             db.migrate(envs[design.key], design.root)
         for design in chosen:
@@ -214,6 +217,11 @@ def _run(plan: Plan, chosen: list[Design], artefacts: Path, profile_storm: bool)
             plan, cluster, chosen, servers, workers, settings.health_check_interval_s
         )
         results["db_test"] = _db_test(plan, chosen, servers, auth)
+        results["who_is_calling"] = who_is_calling.measure(
+            servers[new.service], envs[new.key]["DATABASE_URL"], auth,
+            rounds=plan.db_test_rounds, duration_s=plan.db_test_duration_s,
+            connections=plan.db_test_loaded_connections, say=_say,
+        )  # fmt: skip
         results["memory"] = report.summarise_memory(
             {name: server_memory(server) for name, server in servers.items()}
         )

@@ -21,6 +21,8 @@ def shown_default(default: object) -> str:
     """A default as the README shows it: `unset` for None, numbers without a needless `.0`."""
     if default is None:
         return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
     return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
 
 

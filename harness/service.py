@@ -19,7 +19,7 @@ from service.config import variables
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-AUTH_TABLES = ('"user"', "session", "account", "verification")
+AUTH_TABLES = ('"user"', "session", "account", "verification", "jwks")
 
 # Fast health timings for tests: a check every 0.1 s, stale after 0.6 s.
 FAST_HEALTH = {

@@ -68,7 +68,7 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
     ),
     "config": Module(
         "service/config.py",
-        ("tests/test_config.py", "-k", "not stops_the"),
+        ("tests/test_config.py", "tests/test_auth_settings.py", "-k", "not stops_the"),
         60,
     ),
     "health/checker": Module(
@@ -80,6 +80,11 @@ MODULES = {  # the slowest first, so that both lanes finish at about the same ti
         ),
         60,
     ),
+    "auth/credentials": Module("service/auth/credentials.py", ("tests/test_auth.py",), 90),
+    "auth/jwks": Module("service/auth/jwks.py", ("tests/test_auth.py",), 90),
+    "auth": Module("service/auth/__init__.py", ("tests/test_auth.py",), 90),
+    "auth/sessions": Module("service/auth/sessions.py", ("tests/test_auth.py",), 90),
+    "auth/caller": Module("service/auth/caller.py", ("tests/test_auth.py",), 90),
     "health": Module(
         "service/health/__init__.py",  # the probe responder: routes, methods, headers, metrics
         (

@@ -75,10 +75,11 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from service import db, openapi
+    from service import auth, db, openapi
 
     app.register_blueprint(health.bp)  # its probe responder answers before Flask
     app.register_blueprint(db.bp)
+    app.register_blueprint(auth.bp)
     app.register_blueprint(openapi.bp)
 
 

@@ -14,15 +14,22 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_SQLITE_NAME = "service.sqlite3"
 INSTANCE_PATH = Path(__file__).resolve().parent.parent / "instance"  # the SQLite default's home
+# Better Auth's own fallback when no secret is set: public, so refused in production.
+BETTER_AUTH_DEVELOPMENT_SECRET = "better-auth-secret-12345678901234567890"  # noqa: S105
+MIN_BETTER_AUTH_SECRET_LENGTH = 32
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]+$")  # an RFC 6265 cookie-name token
+_VERSION = re.compile(r"[0-9]+")  # a secret's version in BETTER_AUTH_SECRETS
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 class ConfigError(Exception):
@@ -111,6 +118,22 @@ class Settings:
     forwarded_allow_ips: str = setting("127.0.0.1,::1", "proxies whose X-Forwarded-* are trusted")
     shutdown_drain_s: float = setting(5.0, "after SIGTERM, readiness fails this long while serving")
     request_head_timeout_s: float = setting(10.0, "for a request's head", minimum=0.1)
+    # Better Auth (docs/auth.md)
+    better_auth_url: str | None = setting(None, "Better Auth's origin; unset: no caller is known")
+    better_auth_secret: str | None = setting(
+        None, "shared with Better Auth; outside production unset is its public default", secret=True
+    )
+    better_auth_secrets: str | None = setting(
+        None, "version:secret,... (the first is current); wins over BETTER_AUTH_SECRET", secret=True
+    )
+    better_auth_cookie_prefix: str = setting("better-auth", "Better Auth's cookiePrefix")
+    better_auth_trusted_origins: str | None = setting(
+        None, "comma-separated origins trusted besides BETTER_AUTH_URL's, as trustedOrigins"
+    )
+    better_auth_allow_unsigned_bearer: bool = setting(False, "accept a bearer without signature")
+    better_auth_jwks_refetch_s: float = setting(
+        5.0, "least time between two reads of jwks for an unknown kid"
+    )
     # After loading, database_url and migration_database_url are never None.
     # Derived at load time, not read from the environment
     database_is_default: bool = field(default=False, metadata={"derived": True})
@@ -136,7 +159,27 @@ class Settings:
         passwords = {url.password for url in urls if url}
         passwords |= {url.query.get("password") for url in urls if url}
         values = passwords | {self.ops_token, self.secret_key}
+        values |= {self.better_auth_secret, self.better_auth_secrets}
+        values |= set(parse_better_auth_secrets(self.better_auth_secrets))
         return tuple(sorted(str(v) for v in values if v))
+
+    @cached_property
+    def better_auth_signing_secret(self) -> str:
+        """The secret signed cookies and bearer tokens are checked with: the current one only."""
+        rotated = parse_better_auth_secrets(self.better_auth_secrets)
+        return rotated[0] if rotated else self.better_auth_secret or BETTER_AUTH_DEVELOPMENT_SECRET
+
+    @cached_property
+    def better_auth_cookie_name(self) -> str:
+        """The session cookie's name, `__Secure-` prefixed when Better Auth is served over https."""
+        secure = (self.better_auth_url or "").startswith("https://")
+        return f"{'__Secure-' if secure else ''}{self.better_auth_cookie_prefix}.session_token"
+
+    @cached_property
+    def better_auth_trusted(self) -> frozenset[str]:
+        """Origins trusted for cookie-authenticated writes: BETTER_AUTH_URL's and those listed."""
+        listed = [self.better_auth_url or "", *(self.better_auth_trusted_origins or "").split(",")]
+        return frozenset(filter(None, (normal_origin(o, allow_path=False) for o in listed)))
 
 
 def variables() -> Iterator[tuple[str, Field[Any]]]:
@@ -230,7 +273,93 @@ def _resolve(settings: Settings, instance_path: Path) -> Settings:
             "SHUTDOWN_DRAIN_S: must be less than GUNICORN_GRACEFUL_TIMEOUT "
             f"({drain:g} >= {grace:g})"
         )
+    return _resolve_better_auth(settings)
+
+
+def _resolve_better_auth(settings: Settings) -> Settings:
+    """Better Auth's settings: origins, the secrets in its own format and strength in production."""
+    url = settings.better_auth_url
+    if url is not None:
+        settings = replace(settings, better_auth_url=parse_origin("BETTER_AUTH_URL", url))
+    origins = (settings.better_auth_trusted_origins or "").split(",")
+    for origin in filter(None, (o.strip() for o in origins)):
+        parse_origin("BETTER_AUTH_TRUSTED_ORIGINS", origin)
+    if not _COOKIE_NAME.match(settings.better_auth_cookie_prefix):
+        raise ConfigError("BETTER_AUTH_COOKIE_PREFIX: not a valid cookie name")
+    rotated = parse_better_auth_secrets(settings.better_auth_secrets)
+    configured = [("BETTER_AUTH_SECRETS", secret) for secret in rotated]
+    if settings.better_auth_secret is not None:
+        configured.append(("BETTER_AUTH_SECRET", settings.better_auth_secret))
+    if url is None:
+        if configured:
+            raise ConfigError(f"BETTER_AUTH_URL: required with {configured[0][0]}")
+        return settings
+    if settings.is_production:
+        if not configured:
+            raise ConfigError(
+                "BETTER_AUTH_SECRET: required in production with BETTER_AUTH_URL "
+                "(the secret Better Auth signs with)"
+            )
+        for name, secret in configured:
+            if secret == BETTER_AUTH_DEVELOPMENT_SECRET:
+                raise ConfigError(f"{name}: Better Auth's public default secret, not in production")
+            if len(secret) < MIN_BETTER_AUTH_SECRET_LENGTH:
+                raise ConfigError(
+                    f"{name}: too short for production, use at least "
+                    f"{MIN_BETTER_AUTH_SECRET_LENGTH} characters (openssl rand -base64 32)"
+                )
     return settings
+
+
+def parse_better_auth_secrets(raw: str | None) -> list[str]:
+    """`2:new,1:old` as Better Auth reads BETTER_AUTH_SECRETS: ["new", "old"], the current first.
+
+    Raises ConfigError naming a malformed entry's position, never its value.
+    """
+    found: list[str] = []
+    versions: set[int] = set()
+    for position, entry in enumerate(raw.split(",") if raw else [], start=1):
+        version, colon, secret = (part.strip() for part in entry.partition(":"))
+        where = f"BETTER_AUTH_SECRETS: entry {position}"
+        if not colon:
+            raise ConfigError(f"{where} is not <version>:<secret>")
+        if not _VERSION.fullmatch(version):
+            raise ConfigError(f"{where}: the version must be a non-negative whole number")
+        if not secret:
+            raise ConfigError(f"{where}: the secret is empty")
+        if int(version) in versions:
+            raise ConfigError(f"{where}: version {int(version)} appears twice")
+        versions.add(int(version))
+        found.append(secret)
+    return found
+
+
+def parse_origin(name: str, raw: str) -> str:
+    """An origin setting in its normal form (see `normal_origin`), or ConfigError."""
+    origin = normal_origin(raw, allow_path=False)
+    if origin is None:
+        raise ConfigError(f"{name}: not an http(s) origin (scheme://host[:port], no path)")
+    return origin
+
+
+def normal_origin(raw: str, *, allow_path: bool) -> str | None:
+    """`https://Example.com:443/` -> `https://example.com`; None for anything but an http(s) URL.
+
+    With `allow_path` a path, query and fragment are dropped (a Referer's), else refused.
+    """
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    bare = parts.path in ("", "/") and not parts.query and not parts.fragment
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        return None
+    if not (bare or allow_path):
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    shown = "" if port in (None, {"http": 80, "https": 443}[parts.scheme]) else f":{port}"
+    return f"{parts.scheme}://{host}{shown}"
 
 
 def _base_type(hint: Any) -> Any:
@@ -244,6 +373,10 @@ def _parse(name: str, text: str, kind: Any, declared: Field[Any]) -> Any:
     meta = declared.metadata
     if kind is URL:
         return parse_database_url(name, text)
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise ConfigError(f"{name}: '{text}' is not true or false")
+        return text.lower() in _TRUE
     if kind is str:
         choices = meta["choices"]
         if not choices:

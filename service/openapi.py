@@ -17,16 +17,17 @@ bp = Blueprint("openapi", __name__)
 def document_for(production: bool) -> bytes:
     """The document as this mode serves it: outside production no operation needs the token.
 
-    docs/openapi.json describes production. Elsewhere the token-guarded operations are open, so
-    their `security` and the 401/404 that only the guard answers are dropped.
+    docs/openapi.json describes production. Elsewhere the ops-token-guarded operations are open,
+    so their `security` and the 401/404 that only the guard answers are dropped.
     """
     if production:
         return SPEC_PATH.read_bytes()
     spec = json.loads(SPEC_PATH.read_bytes())
     for operations in spec["paths"].values():
         for operation in operations.values():
-            security = operation.pop("security", None)
-            if security and {} not in security:  # required, not optional, credentials
+            security = operation.get("security")
+            if security and all("opsToken" in required for required in security):
+                del operation["security"]
                 for status in ("401", "404"):
                     operation["responses"].pop(status, None)
     return json.dumps(spec).encode()

@@ -86,6 +86,9 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
 
 def _truncate_auth_tables() -> None:
     with db.engine.begin() as connection:
+        # Not bound by the test's own timeouts (a test may set a 100 ms statement timeout).
+        connection.exec_driver_sql("SET LOCAL statement_timeout = '30s'")
+        connection.exec_driver_sql("SET LOCAL lock_timeout = '30s'")
         connection.exec_driver_sql(f"TRUNCATE {', '.join(AUTH_TABLES)} CASCADE")
 
 

@@ -121,7 +121,7 @@ def test_the_api_description_is_valid_openapi_3_1_and_served(client):
     validate(spec)
     assert spec["openapi"].startswith("3.1")
     assert set(spec["paths"]) == {
-        "/api/health", "/api/health/live", "/api/health/ready", "/api/db/test",
+        "/api/health", "/api/health/live", "/api/health/ready", "/api/db/test", "/api/me",
     }  # fmt: skip
     served = client.get("/api/openapi.json")
     assert served.status_code == 200

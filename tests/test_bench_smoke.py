@@ -64,6 +64,16 @@ def test_meta_records_the_machine_and_both_designs(smoke: dict) -> None:
     assert meta["elapsed_s"] > 0
 
 
+def test_who_is_calling_is_measured_beside_the_database_test(smoke: dict) -> None:
+    """/api/me with a signed cookie: every answer a 200, both endpoints measured, the ratios."""
+    section = smoke["who_is_calling"]
+    for path in ("/api/me", "/api/db/test"):
+        endpoint = section["endpoints"][path]
+        assert endpoint["non_2xx"] == 0, path
+        assert endpoint["rps"] > 0 and 0 < endpoint["p50_ms"] <= endpoint["p99_ms"], path
+    assert section["me_vs_db_test"]["rps"] > 0 and section["me_vs_db_test"]["p50"] > 0
+
+
 def test_every_server_was_driven(smoke: dict) -> None:
     health = smoke["health_throughput"]
     assert len(health["rounds"]) == 1

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from harness.service import PROJECT_ROOT, migrate
+from harness.service import PROJECT_ROOT, migrate, run_flask
 from service.extensions import db
 from service.models import User
 
@@ -55,10 +55,21 @@ def test_better_auth_finds_nothing_to_create_or_add(migrated_url):
 
 
 def test_the_harness_does_see_a_missing_schema(databases):
-    """Guards the test above: on an empty database Better Auth plans all four tables."""
+    """Guards the test above: on an empty database Better Auth plans all five tables (the jwt
+    plugin's `jwks` included, so the plugins are on)."""
     code, plan = better_auth("plan", databases.create("svc_empty"))
     assert code == 0, plan
-    assert sorted(plan["toBeCreated"]) == ["account", "session", "user", "verification"]
+    assert sorted(plan["toBeCreated"]) == ["account", "jwks", "session", "user", "verification"]
+
+
+def test_better_auth_plans_the_jwks_table_on_a_database_at_0001(databases):
+    """The jwks table is what revision 0002 adds: a database at 0001 lacks exactly it."""
+    url = databases.create("svc_at_0001")
+    result = run_flask(["db", "upgrade", "0001"], {"DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    code, plan = better_auth("plan", url)
+    assert code == 0, plan
+    assert plan["toBeCreated"] == ["jwks"] and plan["toBeAdded"] == []
 
 
 def test_better_auth_signs_up_and_in_and_our_models_read_its_rows(migrated_url, make_app):

@@ -329,6 +329,13 @@ DOCUMENTED_DEFAULTS = {
     "gunicorn_worker_connections": 1000,
     "shutdown_drain_s": 5.0,
     "request_head_timeout_s": 10.0,
+    "better_auth_url": None,
+    "better_auth_secret": None,
+    "better_auth_secrets": None,
+    "better_auth_cookie_prefix": "better-auth",
+    "better_auth_trusted_origins": None,
+    "better_auth_allow_unsigned_bearer": False,
+    "better_auth_jwks_refetch_s": 5.0,
 }
 
 

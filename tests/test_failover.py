@@ -37,7 +37,7 @@ from harness.replication import ReplicationPair
 from harness.service import PROJECT_ROOT, SERVICE_VARIABLES, migrate
 from harness.traffic import Outcome
 
-pytestmark = [pytest.mark.serial, pytest.mark.slow]
+pytestmark = pytest.mark.serial
 
 HEALTH = {
     "HEALTH_CHECK_INTERVAL_S": "0.5",

@@ -45,6 +45,11 @@ EXPECTED_COLUMNS = {
         ("expiresAt", TS, False, None), ("createdAt", TS, False, NOW),
         ("updatedAt", TS, False, NOW),
     ],
+    "jwks": [
+        ("id", TEXT, False, None), ("publicKey", TEXT, False, None),
+        ("privateKey", TEXT, False, None), ("createdAt", TS, False, None),
+        ("expiresAt", TS, True, None), ("alg", TEXT, True, None), ("crv", TEXT, True, None),
+    ],
 }  # fmt: skip
 EXPECTED_CONSTRAINTS = {
     ("user", "user_pkey", "PRIMARY KEY (id)"),
@@ -57,6 +62,7 @@ EXPECTED_CONSTRAINTS = {
     ("account", "account_userId_fkey",
      'FOREIGN KEY ("userId") REFERENCES "user"(id) ON DELETE CASCADE'),
     ("verification", "verification_pkey", "PRIMARY KEY (id)"),
+    ("jwks", "jwks_pkey", "PRIMARY KEY (id)"),
 }  # fmt: skip
 EXPECTED_INDEXES = {
     ("session", "session_userId_idx", '("userId")'),
@@ -84,6 +90,11 @@ def fresh_url(databases) -> str:
 def test_upgrade_downgrade_upgrade_on_a_fresh_database(fresh_url):
     migrate(fresh_url)
     assert public_tables(fresh_url) == {"alembic_version", *EXPECTED_COLUMNS}
+    assert query(fresh_url, "SELECT version_num FROM alembic_version") == [("0002",)]
+
+    result = run_flask(["db", "downgrade", "0001"], {"DATABASE_URL": fresh_url})
+    assert result.returncode == 0, result.stderr
+    assert public_tables(fresh_url) == {"alembic_version", *EXPECTED_COLUMNS} - {"jwks"}
     assert query(fresh_url, "SELECT version_num FROM alembic_version") == [("0001",)]
 
     result = run_flask(["db", "downgrade", "base"], {"DATABASE_URL": fresh_url})
@@ -252,4 +263,7 @@ def _env_without_service(extra: dict[str, str]) -> dict[str, str]:
 
 def test_migration_scripts_exist_once():
     versions = sorted(Path(PROJECT_ROOT / "migrations" / "versions").glob("*.py"))
-    assert [v.name for v in versions] == ["0001_better_auth_core_tables.py"]
+    assert [v.name for v in versions] == [
+        "0001_better_auth_core_tables.py",
+        "0002_better_auth_jwks.py",
+    ]

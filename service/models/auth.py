@@ -129,3 +129,19 @@ class Verification(db.Model):
     expires_at: Mapped[datetime] = _timestamp("expiresAt")
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at(server_default=True)
+
+
+class Jwks(db.Model):
+    """The jwt plugin's signing keys; the service reads the public halves to verify JWTs."""
+
+    __tablename__ = "jwks"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_id)
+    public_key: Mapped[str] = mapped_column("publicKey", Text, nullable=False)
+    private_key: Mapped[str] = mapped_column("privateKey", Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        "createdAt", DateTime(timezone=True), nullable=False, default=utc_now
+    )
+    expires_at: Mapped[datetime | None] = _timestamp("expiresAt", nullable=True)
+    alg: Mapped[str | None] = mapped_column(Text)
+    crv: Mapped[str | None] = mapped_column(Text)

@@ -1,7 +1,8 @@
 // Better Auth <-> PostgreSQL compatibility harness (called from pytest).
 //
 // Proves a PostgreSQL database (DATABASE_URL, postgresql://...) works with Better Auth,
-// using Better Auth's own code, email-and-password enabled, no plugins:
+// using Better Auth's own code, email-and-password enabled, with the bearer and jwt plugins the
+// service verifies credentials of (the jwt plugin adds the `jwks` table):
 //   node check.mjs plan      -> JSON: what Better Auth's migrator would still create/add (+ the SQL)
 //   node check.mjs migrate   -> run Better Auth's own migrations (only to build a reference database)
 //   node check.mjs exercise  -> JSON: real sign-up / sign-in / get-session / duplicate sign-up refused
@@ -10,6 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
+import { bearer, jwt } from "better-auth/plugins";
 import pg from "pg";
 
 const command = process.argv[2];
@@ -22,6 +24,7 @@ const options = {
   secret: "better-auth-compat-test-secret-0123456789abcdef",
   baseURL: "http://127.0.0.1:8000",
   emailAndPassword: { enabled: true },
+  plugins: [bearer(), jwt()],
   telemetry: { enabled: false },
   logger: {
     level: "warn",

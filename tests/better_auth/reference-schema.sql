@@ -2,7 +2,7 @@
 -- PostgreSQL database dump
 --
 
-\restrict 9f3ypYigpbgbR3pXT4oAquCQQn1ANQehG4axceKwo2PteWpLDdco8pMjuIHsegN
+\restrict kceunSjf8cFQD7UGaqeSTzn483OycpD5nwhGIwee86Yb8BnZ0JGxTUlHuKYV4zP
 
 -- Dumped from database version 15.20 (Debian 15.20-0+deb12u1)
 -- Dumped by pg_dump version 15.20 (Debian 15.20-0+deb12u1)
@@ -40,6 +40,21 @@ CREATE TABLE public.account (
     password text,
     "createdAt" timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
     "updatedAt" timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: jwks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.jwks (
+    id text NOT NULL,
+    "publicKey" text NOT NULL,
+    "privateKey" text NOT NULL,
+    "createdAt" timestamp with time zone NOT NULL,
+    "expiresAt" timestamp with time zone,
+    alg text,
+    crv text
 );
 
 
@@ -94,6 +109,14 @@ CREATE TABLE public.verification (
 
 ALTER TABLE ONLY public.account
     ADD CONSTRAINT account_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: jwks jwks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.jwks
+    ADD CONSTRAINT jwks_pkey PRIMARY KEY (id);
 
 
 --
@@ -177,5 +200,5 @@ ALTER TABLE ONLY public.session
 -- PostgreSQL database dump complete
 --
 
-\unrestrict 9f3ypYigpbgbR3pXT4oAquCQQn1ANQehG4axceKwo2PteWpLDdco8pMjuIHsegN
+\unrestrict kceunSjf8cFQD7UGaqeSTzn483OycpD5nwhGIwee86Yb8BnZ0JGxTUlHuKYV4zP
 
