@@ -515,6 +515,9 @@ def test_an_unknown_kid_reads_the_keys_again_at_most_once_per_interval(
         now[0] = 105.0
         assert keys.key(second.kid, db.session) is not None and keys.fetches == 2
         assert keys.key(first.kid, db.session) is not None and keys.fetches == 2
+        third = signing_key(database_url)
+        now[0] = 200.0  # long after: an unknown kid reads the keys again
+        assert keys.key(third.kid, db.session) is not None and keys.fetches == 3
         db.session.rollback()
 
 
