@@ -410,7 +410,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--failover", action="store_true", help="add the failover drill to a smoke run"
     )
     parser.add_argument(
-        "--failover-only", action="store_true", help="run only the failover drill (about 5 min)"
+        "--failover-only", action="store_true", help="run only the failover drill (about 6 min)"
     )
     parser.add_argument(
         "--gthread",
