@@ -62,6 +62,7 @@ def test_one_idle_connection_reused_between_checks(make_app, database_url) -> No
     wait_for(lambda: not checker_sessions(database_url, service_id), 5)  # stop closes it
 
 
+@pytest.mark.serial  # sessions sampled for a second: one check's, never two
 def test_without_app_pooling_the_checker_keeps_no_connection(make_app, database_url) -> None:
     service_id = f"checker-{uuid.uuid4().hex[:8]}"
     app = make_app(SERVICE_ID=service_id, DB_POOL="null", HEALTH_CHECK_INTERVAL_S="0.3")
