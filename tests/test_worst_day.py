@@ -604,7 +604,8 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
 
 @pytest.mark.serial
 def test_sigint_stays_quick(launch: Launch, cluster_database_url: str) -> None:
-    """Ctrl-C of `make run`: the master exits within 2 s, even with connections open."""
+    """Ctrl-C of `make run`: the master exits at once, even with connections open, not after
+    the graceful timeout (20 s) or a keep-alive (75 s); 5 s is a busy machine's "at once"."""
     server = launch(cluster_database_url)
     server.wait_ready()
     idle = IdleKeepAlive(server.port, 4).start()
@@ -619,7 +620,7 @@ def test_sigint_stays_quick(launch: Launch, cluster_database_url: str) -> None:
     finally:
         slow.stop(10)
         idle.stop(10)
-    assert code is not None and took < 2.0, f"SIGINT: exit {code} after {took:.1f}s"
+    assert code is not None and took < 5.0, f"SIGINT: exit {code} after {took:.1f}s"
 
 
 # ------------------------------------------------------------------------------ 5. JSON errors
