@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskCliRunner
 
 from harness.pgcluster import TemporaryCluster
-from harness.processes import free_port
+from harness.processes import free_port, wait_for
 from harness.service import PROJECT_ROOT, SERVICE_VARIABLES, AppFactory, run_flask
 from service.cli import DatabaseNotReady, wait_for_database
 
@@ -83,33 +84,44 @@ def test_the_last_attempt_never_sleeps_past_the_timeout(make_app: AppFactory) ->
     assert PASSWORD not in str(caught.value) and "svc:***@" in str(caught.value)
 
 
+@pytest.mark.serial  # a stopped, then started, throwaway cluster
 def test_wait_returns_once_a_stopped_database_starts(
-    faulty_cluster: TemporaryCluster, cluster_database_url: str
+    faulty_cluster: TemporaryCluster, cluster_database_url: str, tmp_path: Path
 ) -> None:
     faulty_cluster.stop()
     base = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    waiting = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "wait", "--timeout", "30"],
-        cwd=PROJECT_ROOT,
-        env={**base, "APP_ENV": "test", "DATABASE_URL": cluster_database_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    output = tmp_path / "wait.out"
+    with output.open("w") as sink:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "db", "wait", "--timeout", "30"],
+            cwd=PROJECT_ROOT,
+            env={**base, "APP_ENV": "test", "DATABASE_URL": cluster_database_url,
+                 "LOG_LEVEL": "DEBUG"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
     try:
-        time.sleep(2.0)
+        # Started only once it has tried and failed twice, however long it took to start.
+        wait_for(
+            lambda: "database not ready (attempt 2)" in output.read_text(),
+            20,
+            description="two failed attempts while the database is down",
+        )
         assert waiting.poll() is None, "it gave up while the database was down"
         faulty_cluster.start()
         started = time.monotonic()
-        out, err = waiting.communicate(timeout=20)
+        waiting.wait(timeout=20)
     finally:
         if waiting.poll() is None:
             waiting.kill()
-    assert waiting.returncode == 0, err
+    out = output.read_text()
+    assert waiting.returncode == 0, out
     assert "database ready" in out and "after 1 attempt," not in out
     assert time.monotonic() - started < 8  # backoff caps the delay at a few seconds
 
 
+@pytest.mark.serial  # a frozen throwaway cluster
 def test_a_frozen_database_cannot_stretch_the_wait(
     faulty_cluster: TemporaryCluster, cluster_database_url: str
 ) -> None:
@@ -124,4 +136,5 @@ def test_a_frozen_database_cannot_stretch_the_wait(
     faulty_cluster.thaw()
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert elapsed < 6, f"took {elapsed:.1f}s"
+    # The bound: the 1.5 s asked for plus starting `flask`, not DB_CONNECT_TIMEOUT_S (10 s) per try.
+    assert elapsed < 10, f"took {elapsed:.1f}s"

@@ -24,7 +24,7 @@ import requests
 from sqlalchemy.engine import make_url
 
 from harness.pgcluster import TemporaryCluster
-from harness.processes import ServerProcess, children_of
+from harness.processes import ServerProcess, children_of, wait_for
 from harness.service import ServerFactory
 from tests.openapi import assert_conforms
 
@@ -264,8 +264,14 @@ def outage(service: Service) -> Iterator[tuple[Watch, Watch]]:
 
 
 def hold_outage(service: Service, db_test: Watch, fault_at: float) -> None:
-    """Keep the fault until readiness must have failed, then stop asking /api/db/test."""
+    """Keep the fault until readiness must have failed and /api/db/test has answered during it
+    (within its bound), then stop asking /api/db/test."""
     sleep_until(fault_at + service.stale_after_s + 1.5)
+    wait_for(
+        lambda: db_test.between(fault_at),
+        DB_TEST_LIMIT_S,
+        description="an /api/db/test answer during the fault",
+    )
     db_test.stop()
 
 

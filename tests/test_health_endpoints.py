@@ -373,6 +373,7 @@ def wait_until_no_sessions(cluster: TemporaryCluster, database: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.serial  # probes per second against checks per second
 def test_probe_storm_costs_one_query_per_interval(
     make_app: AppFactory, cluster: TemporaryCluster
 ) -> None:

@@ -287,9 +287,10 @@ def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
     ).start()
     try:
         time.sleep(1)
-        frozen_at = time.monotonic()
+        freezing_at = time.monotonic()
         faulty_cluster.freeze()
-        sleep_until(frozen_at + FREEZE_S)
+        frozen_at = time.monotonic()  # every server process stopped (slow on a busy machine)
+        sleep_until(freezing_at + FREEZE_S)
         thawed_at = time.monotonic()
         faulty_cluster.thaw()
         sleep_until(thawed_at + RECOVERY_S + 1)
@@ -304,7 +305,7 @@ def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
     assert_all_status(live.outcomes, 200, "/api/health/live")
     assert_probes(ready, "/api/health/ready")
     # Readiness tells the truth: 200 before, 503 once stale, 200 again after the thaw.
-    assert_all_status(sent_between(ready.outcomes, 0, frozen_at), 200, "ready before the freeze")
+    assert_all_status(sent_between(ready.outcomes, 0, freezing_at), 200, "ready before the freeze")
     stale_from = frozen_at + HEALTH_STALE_AFTER_S + HEALTH_CHECK_INTERVAL_S + HEALTH_CHECK_TIMEOUT_S
     stale = [o for o in sent_between(ready.outcomes, stale_from) if o.done < thawed_at]
     assert len(stale) >= 3, f"only {len(stale)} readiness probes while stale"
@@ -604,7 +605,8 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
 
 @pytest.mark.serial
 def test_sigint_stays_quick(launch: Launch, cluster_database_url: str) -> None:
-    """Ctrl-C of `make run`: the master exits within 2 s, even with connections open."""
+    """Ctrl-C of `make run`: the master exits at once, even with connections open, not after
+    the graceful timeout (20 s) or a keep-alive (75 s); 5 s is a busy machine's "at once"."""
     server = launch(cluster_database_url)
     server.wait_ready()
     idle = IdleKeepAlive(server.port, 4).start()
@@ -619,7 +621,7 @@ def test_sigint_stays_quick(launch: Launch, cluster_database_url: str) -> None:
     finally:
         slow.stop(10)
         idle.stop(10)
-    assert code is not None and took < 2.0, f"SIGINT: exit {code} after {took:.1f}s"
+    assert code is not None and took < 5.0, f"SIGINT: exit {code} after {took:.1f}s"
 
 
 # ------------------------------------------------------------------------------ 5. JSON errors
