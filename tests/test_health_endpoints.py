@@ -207,7 +207,8 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     make_app: AppFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """New code deployed before its migration ran: the database is behind, not ready."""
-    newer_code = SchemaVersions(head="0002_next", known=frozenset({"0001", "0002_next"}))
+    shipped = schema_versions()
+    newer_code = SchemaVersions(head="9999_next", known=shipped.known | {"9999_next"})
     monkeypatch.setattr("service.health.monitor.schema_versions", lambda: newer_code)
     monkeypatch.setattr("service.db.schema_versions", lambda: newer_code)
     client = make_app().test_client()
@@ -217,8 +218,8 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     body = body_json(response)
     assert body["error"]["code"] == "schema_outdated"
     assert body["error"]["details"]["migrations"] == {
-        "current": schema_versions().head,
-        "head": "0002_next",
+        "current": shipped.head,
+        "head": "9999_next",
     }
 
     health = wait_for_response(client, "/api/health", lambda r: "starting" not in r.text)
@@ -226,7 +227,7 @@ def test_code_newer_than_the_schema_is_schema_outdated(
     document = body_json(health)
     assert document["notes"] == ["schema_outdated"]
     (migrations,) = document["checks"]["migrations:revision"]
-    assert (migrations["observedValue"], migrations["status"]) == (schema_versions().head, "fail")
+    assert (migrations["observedValue"], migrations["status"]) == (shipped.head, "fail")
 
 
 def test_a_schema_ahead_of_the_code_keeps_serving(
