@@ -297,14 +297,12 @@ def test_database_stopped_then_started(
     service.assert_clean_log()
 
 
-@pytest.mark.parametrize("env", [FAST, DEFAULTS], ids=["fast-checks", "default-settings"])
 def test_database_frozen_then_thawed(
-    start_service: Callable[[dict[str, str]], Service],
-    faulty_cluster: TemporaryCluster,
-    env: dict[str, str],
+    start_service: Callable[[dict[str, str]], Service], faulty_cluster: TemporaryCluster
 ) -> None:
-    """Every PostgreSQL process SIGSTOPped: TCP still connects, nothing ever answers."""
-    service = start_service(env)
+    """Every PostgreSQL process SIGSTOPped, on the production defaults (fast checks: the outage
+    test of test_worst_day.py): TCP still connects, nothing ever answers."""
+    service = start_service(DEFAULTS)
     with outage(service) as (health, db_test):
         fault_at = time.monotonic()
         faulty_cluster.freeze()

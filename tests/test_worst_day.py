@@ -269,7 +269,7 @@ def assert_no_worker_killed(server: Gunicorn) -> None:
 
 # Frozen long enough for readiness to go stale (interval + timeout + stale after) and stay so for
 # seconds, and for every client's /api/db/test to meet its deadline at least once.
-FREEZE_S = 8.0
+FREEZE_S = 6.0
 
 
 @pytest.mark.serial
@@ -335,7 +335,7 @@ def test_outage_under_traffic_probes_answer_and_every_request_gets_its_503(
 
 SLOW_CLIENTS = 500
 IDLE_CLIENTS = 1000
-HOLD_S = 4 * REQUEST_HEAD_TIMEOUT_S  # each slow slot is closed and reopens several times
+HOLD_S = 3 * REQUEST_HEAD_TIMEOUT_S  # each slow slot is closed and reopens several times
 HEADER_LINE_EVERY_S = REQUEST_HEAD_TIMEOUT_S / 4  # trickling bytes must not restart the clock
 HEAD_SLACK_S = 3.0
 
