@@ -432,6 +432,11 @@ def parse_database_url(name: str, raw: str) -> URL:
             raise ConfigError(f"{name}: the URL names no database")
         _check_hosts(name, url)
         _check_session_attrs(name, url)
+        if url.query.get("load_balance_hosts", "disable") != "disable":
+            raise ConfigError(
+                f"{name}: load_balance_hosts is not supported: the service tries the hosts in "
+                "order, one bounded attempt each"
+            )
         return url.set(drivername="postgresql+psycopg2")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         return url

@@ -174,6 +174,7 @@ def test_a_password_given_as_a_query_parameter_is_masked_and_redacted(tmp_path):
         ("postgresql://app@a/app?target_session_attrs=read-only", "DATABASE_URL: target_sess"),
         ("postgresql://app@a,b/app?target_session_attrs=often", "DATABASE_URL: target_sess"),
         ("postgresql://app@a,b", "DATABASE_URL: the URL names no database"),
+        ("postgresql://app@a,b/app?load_balance_hosts=random", "DATABASE_URL: load_balance_hosts"),
     ],
 )
 def test_a_bad_multi_host_url_is_one_line_naming_what_is_wrong(tmp_path, url, message):
@@ -187,6 +188,13 @@ def test_a_bad_multi_host_url_is_one_line_naming_what_is_wrong(tmp_path, url, me
 def test_the_writable_target_session_attrs_are_accepted(tmp_path, attrs):
     url = f"postgresql://app@a,b/app?target_session_attrs={attrs}"
     assert settings(tmp_path, DATABASE_URL=url).database_url.query["target_session_attrs"] == attrs
+
+
+def test_load_balance_hosts_disable_is_libpqs_default_and_accepted(tmp_path):
+    url = "postgresql://app@a,b/app?load_balance_hosts=disable"
+    assert (
+        settings(tmp_path, DATABASE_URL=url).database_url.query["load_balance_hosts"] == "disable"
+    )
 
 
 def test_a_read_only_target_is_refused_with_what_to_use_instead(tmp_path):
