@@ -47,6 +47,7 @@ class Worker(GeventWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.draining = False
+        self.aborted = False
         self.connections: set[_Connection] = set()
 
     def init_process(self) -> None:
@@ -60,7 +61,7 @@ class Worker(GeventWorker):
         # walks the whole inherited heap, which held a quick shutdown for seconds.
         self.log.info("Worker exiting (pid: %s)", self.pid)
         logging.shutdown()
-        os._exit(0)
+        os._exit(1 if self.aborted else 0)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -94,6 +95,11 @@ class Worker(GeventWorker):
         finally:
             if isinstance(sock, _Connection):
                 sock.expect_head()
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        """SIGABRT (the master's timeout): exit 1, even when its SystemExit ends only a request."""
+        self.aborted = True
+        super().handle_abort(sig, frame)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: drain, then stop as gunicorn does (finish in-flight requests)."""
