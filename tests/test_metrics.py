@@ -247,7 +247,12 @@ def test_under_gunicorn_every_workers_requests_are_summed(
 
     # A worker that dies takes its live gauges along; its counts stay in the sums.
     os.kill(workers[0], 9)
-    time.sleep(1.5)
+    # The replacement counts once it has written its gauges (a busy machine boots it slowly).
+    wait_for(
+        lambda: (set(children_of(process.pid)) - set(workers)) & set(metric_files(directory)),
+        30,
+        description="a replacement worker writing its gauges",
+    )
     samples = parse(requests.get(f"{base}/metrics", timeout=10).text)
     assert requests_total(samples, "health.live", "200") == baseline + number
     assert value(samples, "service_db_pool_size") == 20  # the replacement worker counts instead
