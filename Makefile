@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 # Processes for the independent tests (pytest-xdist); most of their time is spent waiting on
 # PostgreSQL and subprocesses, so a two-core machine runs three well.
 TEST_JOBS ?= 3
+# How much lower the independent tests' priority is than the serial tests' (nice(1) steps).
+TEST_NICE ?= 10
 # What the suite drives for real, as command:Debian-package: PgBouncer, the compose validator, the
 # PostgreSQL server (throwaway clusters) and client (pg_dump), Node.js for Better Auth, wrk for
 # the benchmark, HAProxy for the rolling restart. Commands are checked, not package names: Node
@@ -23,20 +25,20 @@ run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py
 
-# The suite in two parts: the independent tests in parallel, then the tests marked `serial` (load,
-# faults, real gunicorn under time bounds) one at a time, with the machine to themselves. Both parts
-# always run; the first failure's status is the exit status (5, no test selected, is no failure:
-# PYTEST_ARGS may select tests of one part only).
+# The suite in two parts, side by side: the tests marked `serial` (load, faults, real gunicorn
+# under time bounds) one at a time at normal priority, and the independent tests in TEST_JOBS
+# processes at a lower one (nice), so they take only the CPU the serial part leaves idle. The
+# parallel part's output follows the serial part's. Both parts always run; the exit status is the
+# first failure's (5, no test selected, is no failure: PYTEST_ARGS may select one part's tests).
 test: $(VENV)/.dev system-deps tests/better_auth/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	status=0; \
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial and not containers" \
-	  $(PYTEST_ARGS) || status=$$?; \
-	[ $$status = 5 ] && status=0; \
-	$(BIN)/pytest -m "serial and not containers" $(PYTEST_ARGS) || { s=$$?; [ $$s = 5 ] || \
-	  [ $$status != 0 ] || status=$$s; }; \
-	exit $$status
+	@log=$$(mktemp); \
+	nice -n $(TEST_NICE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile \
+	  -m "not serial and not containers" $(PYTEST_ARGS) >$$log 2>&1 & parallel=$$!; \
+	$(BIN)/pytest -m "serial and not containers" $(PYTEST_ARGS); serial=$$?; \
+	wait $$parallel; independent=$$?; cat $$log; rm -f $$log; \
+	for s in $$independent $$serial; do [ $$s = 0 ] || [ $$s = 5 ] || exit $$s; done
 
 # The container tests (tests/test_container_stack.py, marker `containers`, which `make test` leaves
 # out): build the image, run the compose stack on free ports, break it, take it down. They need a
