@@ -165,6 +165,7 @@ def test_a_password_given_as_a_query_parameter_is_masked_and_redacted(tmp_path):
     [
         ("postgresql://app@a:5432,b:0/app", "DATABASE_URL: port '0' of host 'b' is not 1-65535"),
         ("postgresql://app@a:5432,b:65536/app", "DATABASE_URL: port '65536' of host 'b'"),
+        ("postgresql://app@a:5432,b:99999/app", "DATABASE_URL: port '99999' of host 'b'"),
         ("postgresql://app@a:x,b/app", "DATABASE_URL: port 'x' of host 'a' is not 1-65535"),
         ("postgresql://app@/app?host=a:1&host=b:", "DATABASE_URL: port '' of host 'b'"),
         ("postgresql://app@a,,b/app", "DATABASE_URL: an empty host in the list of hosts"),
