@@ -43,7 +43,8 @@ def test_wait_gives_up_with_one_line_without_password_or_traceback() -> None:
     assert "did not answer within 1.5s" in lines[0]
     assert PASSWORD not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert elapsed < 10
+    # The 1.5 s, not the 60 s default; the slack is a slow interpreter start on a busy machine.
+    assert elapsed < 45
 
 
 def test_wait_waits_for_the_migration_url_when_asked(

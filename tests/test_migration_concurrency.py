@@ -113,7 +113,8 @@ def test_a_held_migration_lock_times_out_with_one_line(databases: DatabaseFactor
     assert len(lines) == 1, result.stderr
     assert "migration lock" in lines[0] and "DB_MIGRATION_LOCK_TIMEOUT_S=1s" in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
-    assert elapsed < 15
+    # The 1 s, not the 300 s default; the slack is a slow interpreter start on a busy machine.
+    assert elapsed < 45
     assert rows(url, "SELECT to_regclass('public.alembic_version') IS NULL") == [(True,)]
 
 
