@@ -70,6 +70,8 @@ def test_origins_are_normalised_and_anything_else_refused() -> None:
         "ftp://x.test",
         "https://x.test/api/auth",
         "https://u:p@x.test",
+        "https://x.test:99999",  # urlsplit raises on these two: still one line
+        "http://[::1",
     ):
         assert refused(BETTER_AUTH_URL=bad).startswith("BETTER_AUTH_URL: "), bad
     message = refused(BETTER_AUTH_URL=URL, BETTER_AUTH_TRUSTED_ORIGINS="https://ok.test,nope")
